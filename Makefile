@@ -1,0 +1,42 @@
+# The few commands a person types. Everything runs inside .venv in this folder.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A CPU build of torch that installs quickly; override for CUDA, e.g. `make install TORCH="torch==2.13.0 --index-url ..."`.
+TORCH ?= torch==2.13.0
+RECIPE ?= recipes/shakespeare/config.yaml
+# Tests and the default run never reach the Hub or W&B servers.
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
+
+.PHONY: install train test test-slow bench lint format clean
+
+$(BIN)/hfmini: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(BIN)/hfmini
+
+install: $(BIN)/hfmini
+
+train: install
+	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		recipes/train.py --config $(RECIPE) $(ARGS)
+
+test: install
+	$(OFFLINE) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-slow: install
+	$(OFFLINE) $(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+bench: install
+	$(OFFLINE) $(BIN)/python -m hfmini.bench $(ARGS)
+
+lint: install
+	$(BIN)/ruff format --check . && $(BIN)/ruff check .
+
+format: install
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) output .pytest_cache .ruff_cache

@@ -1,0 +1,154 @@
+"""Training checkpoints under `output_dir/checkpoints/step-N/`, written so a kill never leaves half.
+
+A checkpoint holds what `accelerator.save_state` writes (model as safetensors, optimizer, RNG
+states per process), the scheduler, `trainer_state.json` (step counters and data position, as JSON
+so that loading never unpickles) and the tokenizer. It is written into `step-N.tmp/` and renamed to
+`step-N/` only once complete; a folder without the final marker is never resumed from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from hfmini.errors import HfminiError
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class TrainState:
+    """Where the run is. Everything needed to continue exactly, besides tensors and RNG."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches of this epoch already consumed (per process)
+    tokens_seen: int = 0  # over all processes
+    loss_since_log: float = 0.0  # sum of micro-batch losses since the last logged step
+    batches_since_log: int = 0
+    best_eval_loss: float | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainState:
+        values = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def checkpoints_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoints_dir(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _STEP_DIR.match(path.name)
+        if match and path.is_dir() and (path / STATE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def is_intact(path: Path) -> bool:
+    """A checkpoint whose state file parses and whose model weights are present and non-empty."""
+    try:
+        TrainState.from_json((path / STATE_FILE).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+    weights = list(path.glob("model*.safetensors"))
+    return bool(weights) and all(w.stat().st_size > 0 for w in weights)
+
+
+def resolve_resume_path(output_dir: str | Path, resume_from_checkpoint: str) -> Path:
+    """'latest' → the newest intact checkpoint in output_dir; a path → that checkpoint, checked."""
+    if resume_from_checkpoint == "latest":
+        candidates = list_checkpoints(output_dir)
+        for path in reversed(candidates):
+            if is_intact(path):
+                return path
+            logger.warning("skipping damaged checkpoint %s", path)
+        raise HfminiError(
+            f"no intact checkpoint in {checkpoints_dir(output_dir)}: drop "
+            "--resume_from_checkpoint to start fresh (with --overwrite_output_dir)"
+        )
+    path = Path(resume_from_checkpoint)
+    if not path.is_dir() or not (path / STATE_FILE).is_file():
+        raise HfminiError(
+            f"{resume_from_checkpoint} is not an hfmini checkpoint (no {STATE_FILE}): point "
+            f"--resume_from_checkpoint at output_dir/checkpoints/step-N or use 'latest'"
+        )
+    if not is_intact(path):
+        raise HfminiError(
+            f"checkpoint {path} is damaged (unreadable state or missing weights): resume from "
+            "an older one or use 'latest', which skips damaged checkpoints"
+        )
+    return path
+
+
+def save_checkpoint(
+    accelerator,
+    output_dir: str | Path,
+    state: TrainState,
+    scheduler,
+    tokenizer,
+    save_total_limit: int | None,
+) -> Path:
+    """Write step-N atomically on all processes (each saves its own RNG state); main renames.
+
+    Cost: a full copy of model + optimizer state (about 3× the weights in fp32) to disk.
+    """
+    import torch
+
+    root = checkpoints_dir(output_dir)
+    final = root / f"step-{state.step}"
+    tmp = root / f"step-{state.step}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            tokenizer.save_pretrained(tmp / "tokenizer")
+            (tmp / STATE_FILE).write_text(state.to_json())
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+    except OSError as err:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise HfminiError(
+            f"could not write checkpoint {final} ({err.strerror or err}): free disk space; "
+            "the previous checkpoint is untouched"
+        ) from None
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and save_total_limit:
+        for old in list_checkpoints(output_dir)[:-save_total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(accelerator, path: Path, scheduler) -> TrainState:
+    """Restore model, optimizer, RNG (via accelerate), scheduler and counters from `path`."""
+    import torch
+
+    accelerator.load_state(str(path))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    return TrainState.from_json((path / STATE_FILE).read_text())

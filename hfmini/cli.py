@@ -1,0 +1,152 @@
+"""The `hfmini` command: train, generate, eval, plot.
+
+Heavy imports (torch, transformers) happen inside each command, so `hfmini --help` is instant.
+Every command prints user mistakes as one `error: ...` line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from hfmini.errors import HfminiError
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hfmini", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser(
+        "train",
+        add_help=False,
+        help="train a model: hfmini train --config recipes/tiny/config.yaml [--key value ...]",
+    )
+
+    gen = commands.add_parser("generate", help="stream text from a trained model")
+    gen.add_argument("model_dir", help="a training output_dir (or any GPT-2 style folder)")
+    gen.add_argument("--prompt", default="", help="text to continue ('' starts a new document)")
+    gen.add_argument("--max_new_tokens", type=int, default=200)
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    gen.add_argument("--top_k", type=int, default=50)
+    gen.add_argument("--top_p", type=float, default=0.95)
+    gen.add_argument("--seed", type=int, default=None)
+
+    ev = commands.add_parser("eval", help="validation loss, perplexity and bits per byte")
+    ev.add_argument("model_dir")
+    ev.add_argument(
+        "--validation_file",
+        nargs="+",
+        default=None,
+        help="text to score; default: the validation split the model was trained with",
+    )
+    ev.add_argument("--text_column", default=None)
+    ev.add_argument("--block_size", type=int, default=None, help="default: the model's context")
+    ev.add_argument("--batch_size", type=int, default=16)
+
+    plot = commands.add_parser("plot", help="overlay the loss curves of several runs")
+    plot.add_argument("run_dirs", nargs="+")
+    plot.add_argument("-o", "--output", default="loss_curves.png")
+    return parser
+
+
+def cmd_generate(args) -> None:
+    from hfmini.generate import (
+        check_sampling,
+        generate_text,
+        load_model_and_tokenizer,
+        stream_to_stdout,
+    )
+
+    check_sampling(args.max_new_tokens, args.temperature)  # before loading anything
+    model, tokenizer = load_model_and_tokenizer(args.model_dir)
+    stream_to_stdout(args.prompt)
+    generate_text(
+        model,
+        tokenizer,
+        args.prompt,
+        args.max_new_tokens,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        args.seed,
+        on_text=stream_to_stdout,
+    )
+    stream_to_stdout("\n")
+
+
+def eval_data_args(model_dir: str, validation_file, text_column):
+    """The data source recorded in the model's training_config.yaml, with command-line overrides."""
+    import dataclasses
+
+    import yaml
+
+    from hfmini.config import DataArguments
+
+    recorded = {}
+    config_file = Path(model_dir) / "training_config.yaml"
+    if config_file.is_file():
+        recorded = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+    names = {f.name for f in dataclasses.fields(DataArguments)}
+    values = {k: v for k, v in recorded.items() if k in names}
+    if validation_file:
+        values["validation_file"] = validation_file
+        values["train_file"] = values.get("train_file") or validation_file
+        values.pop("dataset_name", None)
+    if text_column:
+        values["text_column"] = text_column
+    return DataArguments(**values)
+
+
+def cmd_eval(args) -> dict:
+    import torch
+
+    from hfmini.data import prepare_eval_tokens
+    from hfmini.evaluation import evaluate_stream
+    from hfmini.generate import load_model_and_tokenizer
+    from hfmini.tokenizer import token_byte_lengths
+
+    if args.batch_size <= 0:
+        raise HfminiError(f"batch_size must be positive, got {args.batch_size}")
+    model, tokenizer = load_model_and_tokenizer(args.model_dir)
+    block_size = args.block_size or model.config.n_positions
+    if not 2 <= block_size <= model.config.n_positions:
+        raise HfminiError(
+            f"block_size must be between 2 and the model's context "
+            f"{model.config.n_positions}, got {block_size}"
+        )
+    tokens = prepare_eval_tokens(
+        eval_data_args(args.model_dir, args.validation_file, args.text_column), tokenizer
+    )
+    token_bytes = torch.tensor(token_byte_lengths(tokenizer), dtype=torch.float64)
+    metrics = evaluate_stream(model, tokens, block_size, args.batch_size, token_bytes)
+    print(json.dumps(metrics))
+    return metrics
+
+
+def cmd_plot(args) -> None:
+    from hfmini.plot import plot_runs
+
+    print(plot_runs(args.run_dirs, args.output))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        from hfmini.train import main as train_main
+
+        return train_main(argv[1:])
+    args = make_parser().parse_args(argv)
+    try:
+        {"generate": cmd_generate, "eval": cmd_eval, "plot": cmd_plot}[args.command](args)
+    except HfminiError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

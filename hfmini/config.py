@@ -1,0 +1,373 @@
+"""Run configuration: three dataclasses parsed from `--config FILE.yaml` plus `--key value` overrides.
+
+Precedence is command line > YAML > dataclass defaults. YAML files are flat and use the same keys
+as the command line; an unknown key in either is an error that suggests the nearest known key.
+Names follow `transformers.TrainingArguments` wherever one exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hfmini.errors import HfminiError
+
+# Byte-level BPE needs all 256 byte symbols plus the special tokens before it can merge anything.
+MIN_VOCAB_SIZE = 256 + 1
+
+
+@dataclass
+class DataArguments:
+    """Where the text comes from and how it becomes blocks of token ids."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A Hub dataset id. With neither this nor train_file, the built-in "
+            "Shakespeare corpus is used."
+        },
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "The Hub dataset's configuration name."}
+    )
+    train_file: list[str] | None = field(
+        default=None,
+        metadata={"help": "Local .txt/.json/.jsonl/.csv/.parquet files or a directory of them."},
+    )
+    validation_file: list[str] | None = field(
+        default=None, metadata={"help": "Local validation files, same formats as train_file."}
+    )
+    text_column: str = field(default="text", metadata={"help": "Column holding the text."})
+    validation_split_percentage: float = field(
+        default=5.0,
+        metadata={
+            "help": "Percent of train held out for validation when no validation set exists."
+        },
+    )
+    block_size: int = field(default=256, metadata={"help": "Tokens per training block (context)."})
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for tokenization (datasets.map num_proc)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Score at most this many validation blocks in periodic evaluations "
+            "(the final evaluation always scores the whole split)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        _require_positive(self, "block_size")
+        if not 0 < self.validation_split_percentage < 100:
+            raise HfminiError(
+                f"validation_split_percentage must be between 0 and 100, got "
+                f"{self.validation_split_percentage}"
+            )
+        if self.preprocessing_num_workers is not None:
+            _require_positive(self, "preprocessing_num_workers")
+        if self.max_eval_samples is not None:
+            _require_positive(self, "max_eval_samples")
+        if self.validation_file and not self.train_file:
+            raise HfminiError("validation_file is set but train_file is not: set --train_file too")
+        if self.dataset_name and self.train_file:
+            raise HfminiError("set either dataset_name or train_file, not both")
+
+
+@dataclass
+class ModelArguments:
+    """The tokenizer and the GPT-2 shape."""
+
+    tokenizer_name: str | None = field(
+        default=None,
+        metadata={"help": "An existing tokenizer folder or Hub id; unset trains a new one."},
+    )
+    vocab_size: int = field(
+        default=4096, metadata={"help": "Vocabulary size of the tokenizer trained from scratch."}
+    )
+    model_size: str = field(
+        default="micro", metadata={"help": "Preset: nano, micro, mini or gpt2-small (124M)."}
+    )
+    n_layer: int | None = field(default=None, metadata={"help": "Override the preset's depth."})
+    n_head: int | None = field(default=None, metadata={"help": "Override the preset's heads."})
+    n_embd: int | None = field(default=None, metadata={"help": "Override the preset's width."})
+    n_positions: int | None = field(
+        default=None, metadata={"help": "Model context; defaults to block_size."}
+    )
+    dropout: float = field(
+        default=0.0, metadata={"help": "Dropout on residuals, embeddings, attention."}
+    )
+
+    def __post_init__(self) -> None:
+        from hfmini.model import MODEL_PRESETS
+
+        if self.model_size not in MODEL_PRESETS:
+            raise HfminiError(
+                f"unknown model_size {self.model_size!r}: choose one of {', '.join(MODEL_PRESETS)}"
+            )
+        for name in ("n_layer", "n_head", "n_embd", "n_positions"):
+            if getattr(self, name) is not None:
+                _require_positive(self, name)
+        if self.tokenizer_name is None and self.vocab_size < MIN_VOCAB_SIZE:
+            raise HfminiError(
+                f"vocab_size {self.vocab_size} is too small: a byte-level BPE needs at least "
+                f"{MIN_VOCAB_SIZE} (256 bytes + <|endoftext|>); raise vocab_size"
+            )
+        n_head, n_embd = self.shape()[1:]
+        if n_embd % n_head:
+            raise HfminiError(
+                f"n_embd {n_embd} is not divisible by n_head {n_head}: pick n_embd as a "
+                f"multiple of n_head (e.g. {n_head * max(1, round(n_embd / n_head))})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise HfminiError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def shape(self) -> tuple[int, int, int]:
+        """(n_layer, n_head, n_embd): the preset with any overrides applied."""
+        from hfmini.model import MODEL_PRESETS
+
+        preset = MODEL_PRESETS[self.model_size]
+        return (
+            self.n_layer or preset["n_layer"],
+            self.n_head or preset["n_head"],
+            self.n_embd or preset["n_embd"],
+        )
+
+
+@dataclass
+class TrainArguments:
+    """The optimisation loop, logging, checkpoints and publishing."""
+
+    output_dir: str = field(default="output/run", metadata={"help": "Where the model is saved."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a finished model or checkpoints in output_dir."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "'latest' or a checkpoint folder to continue from."}
+    )
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Blocks per device."})
+    per_device_eval_batch_size: int = field(default=16, metadata={"help": "Blocks per device."})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Micro-batches summed into one optimizer step."}
+    )
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW decay, on matrices only."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip gradients to this norm."})
+    lr_scheduler_type: str = field(
+        default="cosine",
+        metadata={"help": "Any transformers scheduler name (cosine, linear, ...)."},
+    )
+    warmup_steps: int = field(default=100, metadata={"help": "Linear warmup optimizer steps."})
+    max_steps: int = field(
+        default=-1, metadata={"help": "Optimizer steps to run; -1 uses num_train_epochs."}
+    )
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the train split."})
+    logging_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    eval_steps: int = field(
+        default=200, metadata={"help": "Evaluate every N steps; 0: only at end."}
+    )
+    save_steps: int = field(default=0, metadata={"help": "Checkpoint every N steps; 0: never."})
+    save_total_limit: int | None = field(
+        default=None, metadata={"help": "Keep only the newest N checkpoints."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seed for weights, data order and dropout."})
+    report_to: str = field(
+        default="none", metadata={"help": "wandb, tensorboard, all or none (comma-separated)."}
+    )
+    run_name: str | None = field(default=None, metadata={"help": "Name of the tracker run."})
+    project_name: str = field(default="hfmini", metadata={"help": "W&B / tracker project."})
+    mixed_precision: str = field(
+        default="no", metadata={"help": "no, bf16 or fp16 (GPU); CPU runs in fp32."}
+    )
+    torch_compile: bool = field(default=False, metadata={"help": "Compile the model."})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations in backward to save memory."}
+    )
+    sample_prompts: list[str] = field(
+        default_factory=lambda: [""],
+        metadata={"help": "Prompts sampled at each evaluation and at the end ('' = from BOS)."},
+    )
+    sample_max_new_tokens: int = field(default=120, metadata={"help": "Length of samples."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the final model."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "user/name on the Hub."})
+    hub_private_repo: bool = field(default=False, metadata={"help": "Create the repo private."})
+
+    def __post_init__(self) -> None:
+        for name in (
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "learning_rate",
+            "logging_steps",
+            "sample_max_new_tokens",
+        ):
+            _require_positive(self, name)
+        for name in ("warmup_steps", "eval_steps", "save_steps", "weight_decay", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise HfminiError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise HfminiError(
+                f"max_steps must be positive (or -1 to use num_train_epochs), got {self.max_steps}"
+            )
+        if self.max_steps == -1 and not self.num_train_epochs > 0:
+            raise HfminiError(f"num_train_epochs must be positive, got {self.num_train_epochs}")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise HfminiError(f"save_total_limit must be >= 1, got {self.save_total_limit}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise HfminiError(
+                f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}"
+            )
+        known = {"wandb", "tensorboard", "all", "none"}
+        for name in self.trackers_requested():
+            if name not in known:
+                raise HfminiError(
+                    f"unknown report_to {name!r}: use one of {', '.join(sorted(known))}"
+                )
+        if self.push_to_hub and not self.hub_model_id:
+            raise HfminiError("push_to_hub needs hub_model_id: add --hub_model_id user/name")
+
+    def trackers_requested(self) -> list[str]:
+        return [name.strip() for name in self.report_to.split(",") if name.strip()]
+
+
+@dataclass
+class Config:
+    """Everything one run needs; `to_dict()` is what trackers and the model card record."""
+
+    data: DataArguments
+    model: ModelArguments
+    train: TrainArguments
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **dataclasses.asdict(self.data),
+            **dataclasses.asdict(self.model),
+            **dataclasses.asdict(self.train),
+        }
+
+    def context_length(self) -> int:
+        return self.model.n_positions or self.data.block_size
+
+    def validate(self) -> None:
+        """Checks that span two argument groups."""
+        if self.data.block_size > self.context_length():
+            raise HfminiError(
+                f"block_size {self.data.block_size} is above the model's context n_positions "
+                f"{self.context_length()}: lower block_size or raise n_positions"
+            )
+
+    def total_train_steps(self, batches_per_epoch: int) -> int:
+        """Optimizer steps the run will take: max_steps, or epochs over the sharded data."""
+        if self.train.max_steps > 0:
+            return self.train.max_steps
+        steps_per_epoch = math.ceil(batches_per_epoch / self.train.gradient_accumulation_steps)
+        return max(1, math.ceil(self.train.num_train_epochs * steps_per_epoch))
+
+
+ARG_GROUPS = (DataArguments, ModelArguments, TrainArguments)
+
+
+def known_keys() -> list[str]:
+    return [f.name for group in ARG_GROUPS for f in dataclasses.fields(group)]
+
+
+def _require_positive(obj: object, name: str) -> None:
+    value = getattr(obj, name)
+    if not value > 0:
+        raise HfminiError(f"{name} must be positive, got {value}")
+
+
+def _unknown_key_error(key: str, where: str) -> HfminiError:
+    nearest = difflib.get_close_matches(key, known_keys(), n=1)
+    hint = f"; did you mean {nearest[0]!r}?" if nearest else "; run with --help to list the keys"
+    return HfminiError(f"unknown config key {key!r} {where}{hint}")
+
+
+def _yaml_to_argv(path: str) -> list[str]:
+    """Turn a flat YAML file into `--key value` strings so argparse type-checks them too."""
+    if not os.path.isfile(path):
+        raise HfminiError(f"config file {path!r} not found: check the path given to --config")
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        first_line = str(err).splitlines()[0]
+        raise HfminiError(f"config file {path} is not valid YAML ({first_line})") from None
+    if not isinstance(values, dict):
+        raise HfminiError(f"config file {path} must be a flat mapping of key: value")
+    keys = set(known_keys())
+    argv: list[str] = []
+    for key, value in values.items():
+        if key not in keys:
+            raise _unknown_key_error(str(key), f"in {path}")
+        if value is None:
+            continue
+        items = value if isinstance(value, list) else [value]
+        argv.append(f"--{key}")
+        argv.extend(str(v).lower() if isinstance(v, bool) else str(v) for v in items)
+    return argv
+
+
+def make_parser():
+    """The HfArgumentParser over all three groups; shared by the CLI, the recipe and tests."""
+    from transformers import HfArgumentParser
+
+    class _Parser(HfArgumentParser):
+        def error(self, message: str):  # argparse would print usage and exit; we want one line
+            raise HfminiError(f"{message} (see --help)")
+
+    parser = _Parser(ARG_GROUPS, prog="hfmini train")
+    parser.add_argument("--config", default=None, help="A flat YAML file of key: value.")
+    return parser
+
+
+def _check_cli_keys(argv: list[str]) -> None:
+    keys = set(known_keys()) | {"config", "help"}
+    for token in argv:
+        if token.startswith("--"):
+            key = token[2:].split("=", 1)[0]
+            if key not in keys:
+                raise _unknown_key_error(key, "on the command line")
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """Parse `[--config FILE] [--key value ...]` into a validated Config."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _check_cli_keys(argv)
+    config_path = None
+    if "--config" in argv:
+        index = argv.index("--config")
+        if index + 1 >= len(argv):
+            raise HfminiError("--config needs a YAML file path")
+        config_path = argv[index + 1]
+        del argv[index : index + 2]
+    else:
+        for token in argv:
+            if token.startswith("--config="):
+                config_path = token.split("=", 1)[1]
+                argv.remove(token)
+                break
+    yaml_argv = _yaml_to_argv(config_path) if config_path else []
+    parser = make_parser()
+    # argparse keeps the last occurrence of a flag, so command-line values override the YAML.
+    namespace, remaining = parser.parse_known_args(yaml_argv + argv)
+    if remaining:
+        raise HfminiError(f"unexpected arguments {' '.join(remaining)} (see --help)")
+    values = vars(namespace)
+    values.pop("config", None)
+    groups = []
+    for group in ARG_GROUPS:
+        names = {f.name for f in dataclasses.fields(group) if f.init}
+        groups.append(group(**{k: v for k, v in values.items() if k in names}))
+    config = Config(*groups)
+    config.validate()
+    return config

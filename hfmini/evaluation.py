@@ -1,0 +1,88 @@
+"""Validation loss, perplexity and bits per byte over a whole token stream.
+
+Bits per byte is the headline figure because it does not depend on the tokenizer:
+
+    bits_per_byte = total NLL in nats / (ln 2 × UTF-8 bytes of the text scored)
+
+The stream is cut into non-overlapping blocks of `block_size` (the tail too, if it holds at least
+two tokens); in each block every token after the first is predicted from the ones before it, so
+"the text scored" is the bytes of those predicted tokens. EOS tokens between documents are
+predicted and their NLL counted, but they stand for no bytes of text.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def block_ranges(n_tokens: int, block_size: int) -> list[tuple[int, int]]:
+    """[start, end) of each non-overlapping block; a tail shorter than 2 tokens is skipped."""
+    starts = range(0, n_tokens, block_size)
+    return [
+        (s, min(s + block_size, n_tokens)) for s in starts if min(s + block_size, n_tokens) - s >= 2
+    ]
+
+
+def metrics_from_sums(nll: float, tokens: float, n_bytes: float) -> dict[str, float]:
+    loss = nll / max(tokens, 1)
+    return {
+        "eval_loss": loss,
+        "perplexity": math.exp(min(loss, 700.0)),  # exp overflows a double past ~709
+        "bits_per_byte": nll / (math.log(2) * max(n_bytes, 1)),
+        "eval_tokens": tokens,
+        "eval_bytes": n_bytes,
+    }
+
+
+@torch.no_grad()
+def evaluate_stream(
+    model,
+    tokens: torch.Tensor,
+    block_size: int,
+    batch_size: int,
+    token_bytes: torch.Tensor,
+    accelerator=None,
+    max_blocks: int | None = None,
+) -> dict[str, float]:
+    """Score `tokens` (n,) with `model`; blocks are shared round-robin across processes and the
+    sums reduced, so every process returns the same figures.
+
+    Cost: one forward pass per block, logits of (batch, block, vocab) floats at a time.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ranges = block_ranges(tokens.numel(), block_size)
+    if max_blocks is not None:
+        ranges = ranges[:max_blocks]
+    if accelerator is not None and accelerator.num_processes > 1:
+        ranges = ranges[accelerator.process_index :: accelerator.num_processes]
+    token_bytes = token_bytes.to(device)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # nll, predicted tokens, bytes
+    # Full blocks are batched; the short tail (if any) goes alone.
+    full = [r for r in ranges if r[1] - r[0] == block_size]
+    groups = [full[i : i + batch_size] for i in range(0, len(full), batch_size)]
+    groups += [[r] for r in ranges if r[1] - r[0] != block_size]
+    for group in groups:
+        input_ids = torch.stack([tokens[s:e] for s, e in group]).long().to(device)  # (B, T)
+        logits = model(input_ids=input_ids).logits[:, :-1].float()  # (B, T-1, V)
+        targets = input_ids[:, 1:]  # (B, T-1)
+        nll = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum"
+        )
+        sums += torch.stack(
+            [
+                nll.double(),
+                torch.tensor(targets.numel(), device=device, dtype=torch.float64),
+                token_bytes[targets].sum().double(),
+            ]
+        )
+    if accelerator is not None and accelerator.num_processes > 1:
+        sums = accelerator.reduce(sums, reduction="sum")
+    if was_training:
+        model.train()
+    nll, count, n_bytes = sums.tolist()
+    return metrics_from_sums(nll, count, n_bytes)

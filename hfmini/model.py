@@ -1,0 +1,56 @@
+"""A GPT-2 sized down from a preset, built from scratch with transformers' GPT2LMHeadModel."""
+
+from __future__ import annotations
+
+# Shapes only; the context (n_positions) follows block_size unless set. `gpt2-small` is the
+# 124M-parameter GPT-2 of Radford et al. (2019) with its 50257-token vocabulary replaced by ours.
+MODEL_PRESETS: dict[str, dict[str, int]] = {
+    "nano": {"n_layer": 2, "n_head": 2, "n_embd": 64},
+    "micro": {"n_layer": 4, "n_head": 4, "n_embd": 128},
+    "mini": {"n_layer": 6, "n_head": 6, "n_embd": 384},
+    "gpt2-small": {"n_layer": 12, "n_head": 12, "n_embd": 768},
+}
+
+
+def build_model_config(model_args, tokenizer, context_length: int):
+    """GPT2Config for the preset with overrides, vocabulary and special ids from the tokenizer."""
+    from transformers import GPT2Config
+
+    n_layer, n_head, n_embd = model_args.shape()
+    return GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=context_length,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        resid_pdrop=model_args.dropout,
+        embd_pdrop=model_args.dropout,
+        attn_pdrop=model_args.dropout,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def build_model(model_args, tokenizer, context_length: int):
+    """A freshly initialised GPT2LMHeadModel (GPT-2's init, tied input/output embeddings)."""
+    from transformers import GPT2LMHeadModel
+
+    config = build_model_config(model_args, tokenizer, context_length)
+    # sdpa: PyTorch's fused attention kernel, on CPU and GPU alike.
+    return GPT2LMHeadModel._from_config(config, attn_implementation="sdpa")
+
+
+def count_parameters(model) -> int:
+    """Unique trainable parameters (the tied embedding counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def flops_per_token(model) -> float:
+    """Training FLOPs per token, 6N + 12·L·T·d (PaLM appendix B; nanoGPT's estimate_mfu).
+
+    N excludes the position embeddings, which are looked up, not multiplied.
+    """
+    config = model.config
+    n_params = count_parameters(model) - model.transformer.wpe.weight.numel()
+    return 6 * n_params + 12 * config.n_layer * config.n_positions * config.n_embd

@@ -1,0 +1,599 @@
+"""The training loop, driven by Accelerate: setup → train (log, evaluate, checkpoint) → finish.
+
+    accelerate launch recipes/train.py --config recipes/shakespeare/config.yaml [--key value ...]
+
+All mutable progress lives in `Run.state` (a TrainState); everything else in `Run` is built once
+by `setup`. The same code runs as one process, under `accelerate launch` on many GPUs/nodes, and
+under `torchrun` on CPU machines (gloo data parallel).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from hfmini.checkpoint import (
+    TrainState,
+    list_checkpoints,
+    load_checkpoint,
+    resolve_resume_path,
+    save_checkpoint,
+)
+from hfmini.config import Config, parse_config
+from hfmini.errors import HfminiError
+from hfmini.export import holds_finished_model, save_model
+from hfmini.interrupt import StopRequest
+
+logger = logging.getLogger("hfmini")
+
+
+@dataclass
+class Run:
+    """Everything one training run holds. Built by `setup`; only `state` changes afterwards."""
+
+    config: Config
+    accelerator: object
+    model: torch.nn.Module  # prepared (DDP/FSDP/compiled) model used for training steps
+    optimizer: object
+    scheduler: object
+    train_loader: object
+    data: object  # hfmini.data.PreparedData
+    tokenizer: object
+    token_bytes: torch.Tensor  # (vocab,) UTF-8 bytes per token id, for bits per byte
+    run_logger: object  # hfmini.tracking.RunLogger
+    total_steps: int
+    tokens_per_step: int  # over all processes and accumulation micro-batches
+    flops_per_token: float
+    peak_flops: float
+    state: TrainState = field(default_factory=TrainState)
+    # Device-side accumulators, read only at logging steps to avoid a host sync per step.
+    loss_sum: torch.Tensor | None = None
+    first_bad_step: torch.Tensor | None = None
+    last_grad_norm: torch.Tensor | None = None
+    interval_start: float = 0.0
+    interval_tokens: int = 0
+    final_metrics: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# setup
+
+
+def make_accelerator(config: Config):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    from hfmini.tracking import prepare_wandb_mode, resolve_trackers
+
+    args = config.train
+    on_gpu = torch.cuda.is_available()
+    trackers = resolve_trackers(args.trackers_requested())
+    if "wandb" in trackers:
+        prepare_wandb_mode()
+    return Accelerator(
+        # On a machine without a GPU, cpu=True makes several processes (torchrun, mpirun) form one
+        # gloo data-parallel job instead of running as independent single-process copies.
+        cpu=not on_gpu,
+        mixed_precision=args.mixed_precision if on_gpu else "no",
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=trackers or None,
+        project_dir=args.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        dynamo_backend="inductor" if args.torch_compile else "no",
+    )
+
+
+def check_output_dir(args) -> Path | None:
+    """Refuse to mix runs; returns the checkpoint to resume from, if any. Runs before any work."""
+    out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise HfminiError(f"output_dir {out} is a file: choose a folder path")
+    if args.resume_from_checkpoint:
+        if args.overwrite_output_dir:
+            raise HfminiError("use either --resume_from_checkpoint or --overwrite_output_dir")
+        if holds_finished_model(out):
+            raise HfminiError(
+                f"{out} already holds a finished model: there is nothing to resume; pick a new "
+                "output_dir or add --overwrite_output_dir to start again"
+            )
+        return resolve_resume_path(out, args.resume_from_checkpoint)
+    has_run = holds_finished_model(out) or list_checkpoints(out) or (out / "metrics.jsonl").exists()
+    if has_run and not args.overwrite_output_dir:
+        hint = "--resume_from_checkpoint latest to continue or " if list_checkpoints(out) else ""
+        raise HfminiError(
+            f"output_dir {out} already holds a run: add {hint}--overwrite_output_dir to replace "
+            "it, or choose another output_dir"
+        )
+    return None
+
+
+def clear_previous_run(output_dir: Path) -> None:
+    """With --overwrite_output_dir: remove what hfmini wrote before, and only that."""
+    for name in ("checkpoints", "metrics.jsonl", "loss_curve.png", "eval_results.json"):
+        path = output_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def build_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices (dim ≥ 2) only, not on biases, LayerNorms or gains."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    # The fused kernel (one launch for all tensors) exists on CUDA; elsewhere foreach is fastest.
+    fused = {"fused": True} if torch.cuda.is_available() else {"foreach": True}
+    return torch.optim.AdamW(
+        groups,
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        **fused,
+    )
+
+
+def build_scheduler(optimizer, args, total_steps: int):
+    from transformers import get_scheduler
+
+    try:
+        return get_scheduler(
+            args.lr_scheduler_type,
+            optimizer,
+            num_warmup_steps=min(args.warmup_steps, total_steps),
+            num_training_steps=total_steps,
+        )
+    except ValueError as err:
+        raise HfminiError(f"lr_scheduler_type {args.lr_scheduler_type!r}: {err}") from None
+
+
+def _load_tokenizer_for(config: Config, resume_path: Path | None):
+    """A factory for prepare_data: the resumed run's own tokenizer, or a given/trained one."""
+    from hfmini.tokenizer import get_tokenizer
+
+    def factory(train_chunks):
+        context = config.context_length()
+        if resume_path is not None:
+            saved = get_tokenizer(str(resume_path / "tokenizer"), model_max_length=context)
+            if config.model.tokenizer_name:
+                given = get_tokenizer(config.model.tokenizer_name, model_max_length=context)
+                if given.get_vocab() != saved.get_vocab():
+                    raise HfminiError(
+                        f"tokenizer {config.model.tokenizer_name} does not match the one the "
+                        f"checkpoint was trained with ({len(given)} vs {len(saved)} tokens): drop "
+                        "--tokenizer_name when resuming"
+                    )
+            return saved
+        return get_tokenizer(
+            config.model.tokenizer_name, train_chunks, "text", config.model.vocab_size, context
+        )
+
+    return factory
+
+
+def setup(config: Config) -> Run:
+    """Check, load data, build tokenizer/model/optimizer, prepare with Accelerate, maybe resume."""
+    from accelerate.utils import set_seed
+
+    from hfmini.data import BlockDataset, prepare_data
+    from hfmini.model import build_model, count_parameters, flops_per_token
+    from hfmini.throughput import peak_flops
+    from hfmini.tokenizer import token_byte_lengths
+    from hfmini.tracking import RunLogger, truncate_metrics_after
+
+    args = config.train
+    resume_path = check_output_dir(args)  # before anything expensive
+    accelerator = make_accelerator(config)
+    _configure_logging(accelerator)
+    output_dir = Path(args.output_dir)
+    if accelerator.is_main_process:
+        if args.overwrite_output_dir:
+            clear_previous_run(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(args.seed)
+
+    # Data and tokenizer: the main process fills the datasets and tokenizer caches first; the
+    # others then read them instead of repeating the work.
+    with accelerator.main_process_first():
+        data, tokenizer = prepare_data(config.data, _load_tokenizer_for(config, resume_path))
+
+    model = build_model(config.model, tokenizer, config.context_length())
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    n_params = count_parameters(model)
+    optimizer = build_optimizer(model, args)
+    loader = torch.utils.data.DataLoader(
+        BlockDataset(data.train_tokens, data.block_size),
+        batch_size=args.per_device_train_batch_size,
+        shuffle=True,
+        drop_last=True,  # fixed shapes: no recompilation for a ragged last batch
+    )
+    if len(loader) == 0:
+        raise HfminiError(
+            f"the train split has {data.num_train_blocks} blocks, fewer than one batch of "
+            f"{args.per_device_train_batch_size}: lower per_device_train_batch_size or block_size"
+        )
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    total_steps = config.total_train_steps(len(loader))
+    # Not prepared: accelerate would step a prepared scheduler once per process.
+    scheduler = build_scheduler(optimizer, args, total_steps)
+    tokens_per_step = (
+        args.per_device_train_batch_size
+        * data.block_size
+        * args.gradient_accumulation_steps
+        * accelerator.num_processes
+    )
+    raw_model = accelerator.unwrap_model(model)
+    run = Run(
+        config=config,
+        accelerator=accelerator,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_loader=loader,
+        data=data,
+        tokenizer=tokenizer,
+        token_bytes=torch.tensor(token_byte_lengths(tokenizer), dtype=torch.float64),
+        run_logger=RunLogger(accelerator, output_dir),
+        total_steps=total_steps,
+        tokens_per_step=tokens_per_step,
+        flops_per_token=flops_per_token(raw_model),
+        peak_flops=peak_flops(accelerator.device),
+    )
+    if resume_path is not None:
+        run.state = load_checkpoint(accelerator, resume_path, scheduler)
+        if accelerator.is_main_process:
+            truncate_metrics_after(output_dir, run.state.step)
+        logger.info("resumed from %s at step %d", resume_path, run.state.step)
+    device = accelerator.device
+    run.loss_sum = torch.tensor(run.state.loss_since_log, device=device)
+    run.first_bad_step = torch.tensor(-1, device=device)
+    accelerator.init_trackers(
+        args.project_name, config=config.to_dict(), init_kwargs=_tracker_init_kwargs(args)
+    )
+    _log_start(run, n_params)
+    return run
+
+
+def _tracker_init_kwargs(args) -> dict:
+    kwargs = {}
+    if args.run_name:
+        kwargs["wandb"] = {"name": args.run_name}
+    return kwargs
+
+
+def _configure_logging(accelerator) -> None:
+    import datasets
+    import transformers
+
+    level = logging.INFO if accelerator.is_main_process else logging.WARNING
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=level)
+    logger.setLevel(level)
+    logging.getLogger("hfmini.data").setLevel(level)
+    transformers.utils.logging.set_verbosity_warning()
+    if not accelerator.is_main_process:
+        datasets.utils.logging.disable_progress_bar()
+
+
+def _log_start(run: Run, n_params: int) -> None:
+    config, data = run.config, run.data
+    acc = run.accelerator
+    logger.info(
+        "model: GPT-2 %s, %d layers, %d heads, %d wide, context %d, vocabulary %d: %.2fM parameters",
+        config.model.model_size,
+        *config.model.shape(),
+        config.context_length(),
+        len(run.tokenizer),
+        n_params / 1e6,
+    )
+    logger.info(
+        "data: %d training blocks of %d tokens (%.2fM tokens, %.2f bytes/token), %d validation "
+        "tokens",
+        data.num_train_blocks,
+        data.block_size,
+        data.train_tokens.numel() / 1e6,
+        data.train_bytes / max(1, data.train_tokens.numel() + data.dropped_train_tokens),
+        data.eval_tokens.numel(),
+    )
+    logger.info(
+        "processes: %d (%s on %s); global batch: %d per device × %d accumulation × %d processes "
+        "= %d blocks = %d tokens per optimizer step; %d steps (%.2fM tokens)",
+        acc.num_processes,
+        acc.distributed_type.value,
+        acc.device,
+        config.train.per_device_train_batch_size,
+        config.train.gradient_accumulation_steps,
+        acc.num_processes,
+        run.tokens_per_step // data.block_size,
+        run.tokens_per_step,
+        run.total_steps,
+        run.total_steps * run.tokens_per_step / 1e6,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+def train(run: Run, stop: StopRequest) -> bool:
+    """Run optimizer steps until total_steps; returns False if stopped early by a signal."""
+    from tqdm.auto import tqdm
+
+    acc, state = run.accelerator, run.state
+    run.model.train()
+    progress = tqdm(
+        total=run.total_steps,
+        initial=state.step,
+        disable=not acc.is_local_main_process,
+        desc="training",
+        dynamic_ncols=True,
+    )
+    run.interval_start, run.interval_tokens = time.perf_counter(), 0
+    while state.step < run.total_steps:
+        run.train_loader.set_epoch(state.epoch)
+        loader = run.train_loader
+        if state.batches_in_epoch:  # resuming mid-epoch: skip what this epoch already consumed
+            loader = acc.skip_first_batches(loader, state.batches_in_epoch)
+        for batch in loader:
+            stepped = training_step(run, batch["input_ids"])
+            state.batches_in_epoch += 1
+            if not stepped:
+                continue
+            progress.update(1)
+            if _stop_requested(run, stop) or not on_step_end(run, progress):
+                progress.close()
+                return False
+            if state.step >= run.total_steps:
+                break
+        else:
+            state.epoch += 1
+            state.batches_in_epoch = 0
+    progress.close()
+    return True
+
+
+def training_step(run: Run, input_ids: torch.Tensor) -> bool:
+    """Forward and backward on one micro-batch (B, T); an optimizer step when accumulation is
+    complete. Returns whether an optimizer step happened. No host synchronisation."""
+    acc, args = run.accelerator, run.config.train
+    with acc.accumulate(run.model):
+        loss = run.model(input_ids=input_ids, labels=input_ids).loss
+        acc.backward(loss)
+        run.loss_sum += loss.detach()
+        run.state.batches_since_log += 1
+        if acc.sync_gradients:
+            run.last_grad_norm = acc.clip_grad_norm_(run.model.parameters(), args.max_grad_norm)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    if not acc.sync_gradients:
+        return False
+    run.scheduler.step()
+    run.state.step += 1
+    run.state.tokens_seen += run.tokens_per_step
+    run.interval_tokens += run.tokens_per_step
+    # Remember the first step whose loss was not finite, on the device (read at logging time).
+    bad_now = (~torch.isfinite(loss.detach())) & (run.first_bad_step < 0)
+    run.first_bad_step = torch.where(bad_now, run.state.step, run.first_bad_step)
+    return True
+
+
+def _stop_requested(run: Run, stop: StopRequest) -> bool:
+    """Did any process get a signal? Costs one tiny all-reduce per step when multi-process."""
+    requested = stop.requested
+    if run.accelerator.num_processes > 1:
+        flag = torch.tensor(float(requested), device=run.accelerator.device)
+        requested = run.accelerator.reduce(flag, reduction="sum").item() > 0
+    if requested:
+        _check_finite(run)
+        path = save(run)
+        logger.info(
+            "stopped at step %d; checkpoint saved to %s. Resume with the same command plus "
+            "--resume_from_checkpoint latest",
+            run.state.step,
+            path,
+        )
+    return requested
+
+
+def _check_finite(run: Run) -> None:
+    bad_step = int(run.first_bad_step.item())  # host sync
+    if bad_step >= 0:
+        newest = list_checkpoints(run.config.train.output_dir)
+        kept = f"the last good checkpoint is {newest[-1]}" if newest else "no checkpoint was saved"
+        raise HfminiError(
+            f"loss became non-finite at step {bad_step}: lower learning_rate or raise warmup_steps;"
+            f" {kept}"
+        )
+
+
+def on_step_end(run: Run, progress) -> bool:
+    """Logging, evaluation and checkpoints after optimizer step `run.state.step`."""
+    args, state = run.config.train, run.state
+    is_last = state.step >= run.total_steps
+    log_now = state.step % args.logging_steps == 0 or is_last
+    eval_now = args.eval_steps and state.step % args.eval_steps == 0 and not is_last
+    save_now = args.save_steps and state.step % args.save_steps == 0 and not is_last
+    if log_now or eval_now or save_now:
+        _check_finite(run)
+    if log_now:
+        log_training(run, progress)
+    if eval_now:
+        evaluate(run, final=False)
+    if save_now:
+        save(run)
+    return True
+
+
+def log_training(run: Run, progress) -> None:
+    from hfmini.throughput import mfu
+
+    acc, state = run.accelerator, run.state
+    loss_sum = run.loss_sum
+    if acc.num_processes > 1:
+        loss_sum = acc.reduce(loss_sum, reduction="mean")
+    loss = loss_sum.item() / max(1, state.batches_since_log)  # host sync
+    elapsed = time.perf_counter() - run.interval_start
+    tokens_per_second = run.interval_tokens / max(elapsed, 1e-9)
+    metrics = {
+        "train/loss": loss,
+        "train/learning_rate": run.scheduler.get_last_lr()[0],
+        "train/grad_norm": float(run.last_grad_norm) if run.last_grad_norm is not None else 0.0,
+        "train/tokens_per_second": tokens_per_second,
+        "train/mfu": mfu(
+            run.flops_per_token, tokens_per_second / acc.num_processes, run.peak_flops
+        ),
+        "train/tokens_seen": state.tokens_seen,
+        "train/epoch": state.epoch + state.batches_in_epoch / max(1, len(run.train_loader)),
+    }
+    run.run_logger.log(metrics, step=state.step)
+    progress.set_postfix(
+        loss=f"{loss:.3f}",
+        lr=f"{metrics['train/learning_rate']:.2e}",
+        tok_s=f"{tokens_per_second:,.0f}",
+        refresh=False,
+    )
+    run.loss_sum.zero_()
+    state.batches_since_log = 0
+    run.interval_start, run.interval_tokens = time.perf_counter(), 0
+
+
+def evaluate(run: Run, final: bool) -> dict:
+    """Score the validation split, sample from the prompts, log both, redraw the loss curve."""
+    from hfmini.evaluation import evaluate_stream
+    from hfmini.generate import generate_text
+    from hfmini.plot import plot_runs
+
+    acc, args = run.accelerator, run.config.train
+    started = time.perf_counter()
+    model = acc.unwrap_model(run.model)
+    metrics = evaluate_stream(
+        model,
+        run.data.eval_tokens,
+        run.data.block_size,
+        args.per_device_eval_batch_size,
+        run.token_bytes,
+        acc,
+        max_blocks=None if final else run.config.data.max_eval_samples,
+    )
+    samples = []
+    if acc.is_main_process:
+        for prompt in args.sample_prompts:
+            text = generate_text(
+                model,
+                run.tokenizer,
+                prompt,
+                args.sample_max_new_tokens,
+                temperature=0.8,
+                top_k=50,
+                top_p=0.95,
+                seed=args.seed,
+            )
+            samples.append((prompt, text))
+        model.train()
+    logged = {f"eval/{k.removeprefix('eval_')}": v for k, v in metrics.items()}
+    logged["train/tokens_seen"] = run.state.tokens_seen
+    run.run_logger.log(logged, step=run.state.step)
+    run.run_logger.log_samples(samples, step=run.state.step)
+    if acc.is_main_process:
+        plot_runs(
+            [args.output_dir],
+            Path(args.output_dir) / "loss_curve.png",
+            labels=[args.run_name or Path(args.output_dir).name],
+        )
+        logger.info(
+            "step %d: eval loss %.4f, perplexity %.2f, bits per byte %.4f (%.1fs)",
+            run.state.step,
+            metrics["eval_loss"],
+            metrics["perplexity"],
+            metrics["bits_per_byte"],
+            time.perf_counter() - started,
+        )
+        for prompt, text in samples:
+            logger.info("sample:\n%s%s", prompt, text)
+    # Evaluation time is not training time.
+    run.interval_start += time.perf_counter() - started
+    run.final_metrics = metrics
+    run.state.best_eval_loss = min(run.state.best_eval_loss or math.inf, metrics["eval_loss"])
+    acc.wait_for_everyone()
+    return metrics
+
+
+def save(run: Run) -> Path:
+    """A resumable checkpoint of the current step."""
+    state = run.state
+    state.loss_since_log = float(run.loss_sum.item())
+    path = save_checkpoint(
+        run.accelerator,
+        run.config.train.output_dir,
+        state,
+        run.scheduler,
+        run.tokenizer,
+        run.config.train.save_total_limit,
+    )
+    logger.info("checkpoint saved: %s", path)
+    return path
+
+
+def finish(run: Run) -> dict:
+    """Final evaluation on the whole validation split and the exported Hub folder."""
+    metrics = evaluate(run, final=True)
+    acc = run.accelerator
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        model = acc.unwrap_model(run.model)
+        results = {
+            **metrics,
+            "step": run.state.step,
+            "tokens_seen": run.state.tokens_seen,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
+        save_model(model, run.tokenizer, run.config.train.output_dir, run.config.to_dict(), results)
+        logger.info("model saved to %s", run.config.train.output_dir)
+    acc.wait_for_everyone()
+    return metrics
+
+
+def run_training(config: Config) -> dict:
+    """The whole run. Returns the final evaluation metrics (empty if stopped by a signal)."""
+    with StopRequest() as stop:
+        run = setup(config)
+        try:
+            completed = train(run, stop)
+            metrics = finish(run) if completed else {}
+        finally:
+            run.accelerator.end_training()
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `recipes/train.py` and `hfmini train`: errors print one line, exit 2."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # we fork for datasets.map
+    started = time.perf_counter()
+    try:
+        config = parse_config(argv)
+        metrics = run_training(config)
+    except HfminiError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        return 130
+    if metrics:
+        logger.info(
+            "done in %.1f min: validation loss %.4f, bits per byte %.4f",
+            (time.perf_counter() - started) / 60,
+            metrics["eval_loss"],
+            metrics["bits_per_byte"],
+        )
+    return 0

@@ -1,0 +1,76 @@
+"""Test set-up: offline, and a private Hugging Face cache per test session.
+
+The cache lives in a temporary folder so that cache-hit tests start cold and nothing a developer
+has cached leaks into CI results. Environment variables are set before datasets is imported.
+"""
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="hfmini-test-hf-")
+os.environ.pop("HF_DATASETS_CACHE", None)
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_RECIPE = REPO / "recipes" / "tiny" / "config.yaml"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def tiny_args(tmp_path):
+    """Command-line arguments for a seconds-long run on the built-in corpus into tmp_path/out."""
+    return [
+        "--config",
+        str(TINY_RECIPE),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "6",
+        "--logging_steps",
+        "2",
+        "--eval_steps",
+        "0",
+        "--max_eval_samples",
+        "8",
+        "--sample_max_new_tokens",
+        "8",
+    ]
+
+
+def write_lines(path: Path, n_lines: int, seed: int = 0) -> Path:
+    """A deterministic text file of simple verse-like lines with some non-ASCII characters."""
+    words = [
+        "thou",
+        "art",
+        "the",
+        "night",
+        "über",
+        "café",
+        "love",
+        "sword",
+        "king",
+        "señor",
+        "and",
+        "in",
+        "my",
+        "heart",
+        "日本",
+        "fair",
+        "foul",
+    ]
+    lines = []
+    for i in range(n_lines):
+        k = (i * 7 + seed) % len(words)
+        lines.append(" ".join(words[(k + j * 3) % len(words)] for j in range(6 + i % 5)))
+        if i % 9 == 8:
+            lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

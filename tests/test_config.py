@@ -1,0 +1,83 @@
+from pathlib import Path
+
+import pytest
+
+from hfmini.config import parse_config
+from hfmini.errors import HfminiError
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = sorted((REPO / "recipes").glob("*/config.yaml"))
+
+
+def test_recipes_exist():
+    names = {p.parent.name for p in RECIPES}
+    assert {"shakespeare", "tiny"} <= names
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.parent.name)
+def test_every_recipe_parses(recipe):
+    config = parse_config(["--config", str(recipe)])
+    assert config.data.block_size <= config.context_length()
+    assert config.train.output_dir.startswith("output/")
+    # The top comment states the command that runs it.
+    head = recipe.read_text().splitlines()[:6]
+    assert any("recipes/train.py" in line or "make train" in line for line in head)
+
+
+def test_precedence_cli_over_yaml_over_defaults(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("learning_rate: 0.01\nblock_size: 32\nsample_prompts: [a, b]\n")
+    config = parse_config(["--config", str(recipe), "--learning_rate", "0.02"])
+    assert config.train.learning_rate == 0.02  # command line wins
+    assert config.data.block_size == 32  # YAML wins over the default
+    assert config.train.sample_prompts == ["a", "b"]
+    assert config.train.per_device_train_batch_size == 16  # default
+    assert config.context_length() == 32
+
+
+def test_yaml_booleans_and_nulls(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("torch_compile: true\nn_layer: null\nmax_eval_samples: null\n")
+    config = parse_config(["--config", str(recipe)])
+    assert config.train.torch_compile is True
+    assert config.model.n_layer is None
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--learning_rat", "0.1"], "did you mean 'learning_rate'"),
+        (["--block_size", "abc"], "invalid int value"),
+        (["--n_embd", "100", "--n_head", "3"], "not divisible by n_head"),
+        (["--block_size", "512", "--n_positions", "256"], "above the model's context"),
+        (["--vocab_size", "100"], "too small"),
+        (["--max_steps", "0"], "max_steps must be positive"),
+        (["--learning_rate", "-1"], "learning_rate must be positive"),
+        (["--per_device_train_batch_size", "0"], "must be positive"),
+        (["--model_size", "huge"], "unknown model_size"),
+        (["--report_to", "mlflow"], "unknown report_to"),
+    ],
+)
+def test_bad_values_are_one_line_errors(argv, message):
+    with pytest.raises(HfminiError, match=message) as info:
+        parse_config(argv)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_yaml_key_suggests_nearest(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("gradient_acumulation_steps: 4\n")
+    with pytest.raises(HfminiError, match="did you mean 'gradient_accumulation_steps'"):
+        parse_config(["--config", str(recipe)])
+
+
+def test_missing_config_file():
+    with pytest.raises(HfminiError, match="not found"):
+        parse_config(["--config", "nope.yaml"])
+
+
+def test_presets_and_overrides():
+    config = parse_config(["--model_size", "gpt2-small", "--block_size", "1024"])
+    assert config.model.shape() == (12, 12, 768)
+    config = parse_config(["--model_size", "micro", "--n_layer", "6"])
+    assert config.model.shape() == (6, 4, 128)

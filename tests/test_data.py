@@ -1,0 +1,170 @@
+import json
+
+import pytest
+import torch
+from conftest import write_lines
+
+from hfmini.config import DataArguments
+from hfmini.data import (
+    CHUNK_CHARS,
+    pack,
+    prepare_data,
+    prepare_eval_tokens,
+    split_document,
+)
+from hfmini.errors import HfminiError
+from hfmini.tokenizer import get_tokenizer
+
+
+def factory(vocab_size=300, seen=None):
+    def make(train_chunks):
+        if seen is not None:
+            seen.extend(train_chunks["text"])
+        return get_tokenizer(None, train_chunks, "text", vocab_size, 1024)
+
+    return make
+
+
+@pytest.mark.parametrize("length", [0, 5, CHUNK_CHARS, 3 * CHUNK_CHARS + 17])
+def test_split_document_is_lossless(length):
+    text = ("line of verse\n" * (length // 14 + 1) + "x" * CHUNK_CHARS)[:length]
+    pieces = split_document(text)
+    assert "".join(pieces) == text
+    assert all(len(p) <= CHUNK_CHARS for p in pieces)
+
+
+def test_split_prefers_blank_lines():
+    text = ("a" * 100 + "\n\n") * 100
+    pieces = split_document(text, max_chars=1000)
+    assert all(p.endswith("\n\n") for p in pieces[:-1])
+
+
+def test_pack_drops_only_the_tail():
+    tokens = torch.arange(103, dtype=torch.int32)
+    packed, dropped = pack(tokens, 10, "train")
+    assert packed.tolist() == list(range(100)) and dropped == 3
+    with pytest.raises(HfminiError, match="has 5 tokens, fewer than one block of 10"):
+        pack(torch.arange(5), 10, "validation")
+
+
+def test_local_text_files_documents_and_eos(tmp_path):
+    a = write_lines(tmp_path / "train" / "a.txt", 300, seed=1)
+    b = write_lines(tmp_path / "train" / "b.txt", 300, seed=2)
+    val = write_lines(tmp_path / "val.txt", 200, seed=3)
+    args = DataArguments(
+        train_file=[str(tmp_path / "train")], validation_file=[str(val)], block_size=32
+    )
+    seen = []
+    data, tokenizer = prepare_data(args, factory(seen=seen))
+    # The tokenizer saw the training text only.
+    assert "".join(seen) == a.read_text() + b.read_text()
+    # Two documents: the stream is a.txt EOS b.txt EOS (minus the final partial block).
+    expected = []
+    for path in (a, b):
+        expected += tokenizer(path.read_text(), add_special_tokens=False)["input_ids"]
+        expected.append(tokenizer.eos_token_id)
+    n = len(expected) // 32 * 32
+    assert data.train_tokens.tolist() == expected[:n]
+    assert data.dropped_train_tokens == len(expected) - n
+    assert tokenizer.decode(data.eval_tokens.tolist()) == val.read_text() + "<|endoftext|>"
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_tabular_formats_with_text_column(tmp_path, fmt):
+    import pandas as pd
+
+    rows = [
+        {"id": i, "body": f"Document {i}: " + "to be or not to be " * (i % 7 + 3)}
+        for i in range(400)
+    ]
+    frame = pd.DataFrame(rows)
+    path = tmp_path / f"data.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif fmt == "csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path)
+    args = DataArguments(
+        train_file=[str(path)], text_column="body", block_size=16, validation_split_percentage=10
+    )
+    data, tokenizer = prepare_data(args, factory())
+    # One EOS per document, split between train and the held-out tail.
+    eos = tokenizer.eos_token_id
+    total_eos = int((data.train_tokens == eos).sum() + (data.eval_tokens == eos).sum())
+    assert 390 <= total_eos <= 400  # a few may sit in the dropped final partial block
+    assert (
+        0.05
+        < data.eval_tokens.numel() / (data.train_tokens.numel() + data.eval_tokens.numel())
+        < 0.2
+    )
+
+
+def test_missing_text_column_names_the_columns(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"content": "hello"}\n')
+    args = DataArguments(train_file=[str(path)], block_size=4)
+    with pytest.raises(HfminiError, match="its columns are content"):
+        prepare_data(args, factory())
+
+
+def test_single_text_file_holds_out_a_tail(tmp_path):
+    path = write_lines(tmp_path / "one.txt", 2000)
+    args = DataArguments(train_file=[str(path)], block_size=32, validation_split_percentage=10)
+    seen = []
+    data, tokenizer = prepare_data(args, factory(seen=seen))
+    text = path.read_text()
+    held_out = tokenizer.decode(data.eval_tokens.tolist()).removesuffix("<|endoftext|>")
+    assert text.endswith(held_out) and "".join(seen) + held_out == text
+
+
+def test_second_run_reads_the_cache(tmp_path, monkeypatch):
+    from hfmini import data as data_module
+
+    path = write_lines(tmp_path / "c.txt", 3000, seed=5)
+    args = DataArguments(train_file=[str(path)], block_size=32)
+    first, _ = prepare_data(args, factory())
+    tokenized = []
+    original = data_module._tokenize_batch
+
+    def spy(batch, tokenizer):
+        tokenized.append(len(batch["text"]))
+        return original(batch, tokenizer)
+
+    monkeypatch.setattr(data_module, "_tokenize_batch", spy)
+    second, _ = prepare_data(args, factory())
+    assert torch.equal(first.train_tokens, second.train_tokens)
+    assert tokenized == []  # read from the datasets cache: nothing was tokenized again
+    # The spy does run when the input changes, so the check above can fail.
+    path.write_text(path.read_text() + "one more line\n")
+    prepare_data(args, factory())
+    assert tokenized
+
+
+def test_hub_code_path_on_a_local_dataset_folder(tmp_path):
+    """dataset_name goes through load_dataset(name) exactly as for a Hub id."""
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(
+        "".join(
+            json.dumps({"text": f"Doc {i}. " + "words and more words " * 20}) + "\n"
+            for i in range(60)
+        )
+    )
+    (folder / "validation.jsonl").write_text(
+        "".join(json.dumps({"text": f"Val {i}. " + "other words " * 20}) + "\n" for i in range(10))
+    )
+    args = DataArguments(dataset_name=str(folder), block_size=16)
+    data, tokenizer = prepare_data(args, factory())
+    assert tokenizer.decode(data.eval_tokens[:20].tolist()).startswith("Val 0. other words")
+
+
+def test_eval_tokens_from_a_validation_file(tmp_path):
+    val = write_lines(tmp_path / "v.txt", 50)
+    data, tokenizer = prepare_data(DataArguments(block_size=64), factory(vocab_size=400))
+    tokens = prepare_eval_tokens(
+        DataArguments(train_file=[str(val)], validation_file=[str(val)]), tokenizer
+    )
+    assert tokenizer.decode(tokens.tolist()) == val.read_text() + "<|endoftext|>"
+    # The built-in corpus: validation is the three held-out plays.
+    assert data.eval_tokens.numel() > 50_000

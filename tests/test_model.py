@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from hfmini.config import ModelArguments
+from hfmini.model import MODEL_PRESETS, build_model, count_parameters, flops_per_token
+from hfmini.tokenizer import train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(iter(["hello world, hello there\n"] * 20), 300, 64)
+
+
+def test_model_matches_tokenizer_and_context(tokenizer):
+    model = build_model(ModelArguments(model_size="nano"), tokenizer, context_length=64)
+    config = model.config
+    assert config.vocab_size == len(tokenizer)
+    assert config.n_positions == 64
+    assert config.bos_token_id == config.eos_token_id == tokenizer.eos_token_id
+    assert (config.n_layer, config.n_head, config.n_embd) == (2, 2, 64)
+    ids = torch.randint(0, len(tokenizer), (2, 64))
+    out = model(input_ids=ids, labels=ids)
+    assert out.logits.shape == (2, 64, len(tokenizer))
+    # From scratch: the loss is near ln(vocab) for random tokens.
+    assert abs(out.loss.item() - torch.log(torch.tensor(float(len(tokenizer)))).item()) < 0.5
+
+
+def test_gpt2_small_preset_is_124m_shape():
+    assert MODEL_PRESETS["gpt2-small"] == {"n_layer": 12, "n_head": 12, "n_embd": 768}
+
+
+def test_parameter_count_and_flops(tokenizer):
+    model = build_model(ModelArguments(model_size="nano", n_layer=3), tokenizer, 32)
+    d, layers, vocab, ctx = 64, 3, len(tokenizer), 32
+    # Embeddings (tied with the head) + per block: 2 LayerNorms, attention and MLP; final LayerNorm.
+    per_block = (
+        2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
+    )
+    expected = vocab * d + ctx * d + layers * per_block + 2 * d
+    assert count_parameters(model) == expected
+    assert flops_per_token(model) == 6 * (expected - ctx * d) + 12 * layers * ctx * d

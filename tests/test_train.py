@@ -1,0 +1,93 @@
+import json
+
+import pytest
+
+from hfmini.config import parse_config
+from hfmini.errors import HfminiError
+from hfmini.train import run_training
+
+
+def read_rows(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_writes_a_hub_folder(tiny_args, tmp_path):
+    metrics = run_training(parse_config(tiny_args))
+    out = tmp_path / "out"
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "training_config.yaml",
+        "eval_results.json",
+        "metrics.jsonl",
+        "loss_curve.png",
+    ):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.bin")) and not list(out.glob("*.pt"))  # no pickles
+    assert metrics["bits_per_byte"] > 0 and metrics["perplexity"] > 1
+    rows = read_rows(out)
+    train_rows = [r for r in rows if "train/loss" in r]
+    assert [r["step"] for r in train_rows] == [2, 4, 6]
+    assert train_rows[-1]["train/tokens_seen"] == 6 * 8 * 64
+    assert train_rows[0]["train/learning_rate"] > 0
+    assert rows[-1]["eval/bits_per_byte"] == pytest.approx(metrics["bits_per_byte"])
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["step"] == 6 and results["parameters"] > 100_000
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tiny_args, tmp_path):
+    args = tiny_args + ["--gradient_accumulation_steps", "3", "--max_steps", "4"]
+    run_training(parse_config(args))
+    rows = [r for r in read_rows(tmp_path / "out") if "train/loss" in r]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert rows[-1]["train/tokens_seen"] == 4 * 3 * 8 * 64
+
+
+def test_epochs_bound_the_run(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 400)
+    args = [
+        "--config",
+        "recipes/tiny/config.yaml",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--train_file",
+        str(text),
+        "--max_steps",
+        "-1",
+        "--num_train_epochs",
+        "2",
+        "--block_size",
+        "32",
+        "--eval_steps",
+        "0",
+        "--sample_max_new_tokens",
+        "4",
+        "--vocab_size",
+        "300",
+    ]
+    config = parse_config(args)
+    run_training(config)
+    results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert results["step"] > 2 and results["step"] % 2 == 0  # whole epochs of equal length
+
+
+def test_refuses_to_overwrite_a_finished_run(tiny_args, tmp_path):
+    run_training(parse_config(tiny_args))
+    weights = (tmp_path / "out" / "model.safetensors").read_bytes()
+    with pytest.raises(HfminiError, match="already holds a run: add --overwrite_output_dir"):
+        run_training(parse_config(tiny_args))
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == weights
+    run_training(parse_config(tiny_args + ["--overwrite_output_dir", "true", "--seed", "1"]))
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() != weights
+    assert len([r for r in read_rows(tmp_path / "out") if "train/loss" in r]) == 3  # not mixed
+
+
+def test_output_dir_that_is_a_file(tiny_args, tmp_path):
+    (tmp_path / "out").write_text("precious")
+    with pytest.raises(HfminiError, match="is a file"):
+        run_training(parse_config(tiny_args))
+    assert (tmp_path / "out").read_text() == "precious"
