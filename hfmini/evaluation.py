@@ -56,8 +56,10 @@ def evaluate_stream(
     model.eval()
     device = next(model.parameters()).device
     ranges = block_ranges(tokens.numel(), block_size)
-    if max_blocks is not None:
-        ranges = ranges[:max_blocks]
+    if max_blocks is not None and len(ranges) > max_blocks:
+        # Evenly spaced blocks: a cheap estimate that still samples the whole split.
+        stride = len(ranges) / max_blocks
+        ranges = [ranges[int(i * stride)] for i in range(max_blocks)]
     if accelerator is not None and accelerator.num_processes > 1:
         ranges = ranges[accelerator.process_index :: accelerator.num_processes]
     token_bytes = token_bytes.to(device)

@@ -42,12 +42,16 @@ def save_model(
     output_dir: str | Path,
     config_dict: dict | None = None,
     eval_results: dict | None = None,
+    state_dict: dict | None = None,
 ) -> Path:
-    """Write the Hub layout into output_dir (weights as safetensors, never pickle)."""
+    """Write the Hub layout into output_dir (weights as safetensors, never pickle).
+
+    `state_dict`: full weights gathered from a sharded model; default the model's own.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.generation_config = generation_config_for(model, tokenizer)
-    model.save_pretrained(output_dir, safe_serialization=True)
+    model.save_pretrained(output_dir, state_dict=state_dict)  # safetensors: the only format in v5
     tokenizer.save_pretrained(output_dir)
     if config_dict is not None:
         (output_dir / "training_config.yaml").write_text(

@@ -7,6 +7,7 @@ returns. A second Ctrl-C aborts at once.
 from __future__ import annotations
 
 import signal
+import sys
 
 
 class StopRequest:
@@ -25,6 +26,7 @@ class StopRequest:
         print(
             f"\n{self.signal_name} received: finishing this step, then saving a checkpoint "
             "(Ctrl-C again to abort without saving)",
+            file=sys.stderr,
             flush=True,
         )
 

@@ -75,6 +75,10 @@ def make_accelerator(config: Config):
 
     args = config.train
     on_gpu = torch.cuda.is_available()
+    if args.mixed_precision != "no" and not on_gpu:
+        logging.getLogger("hfmini").warning(
+            "mixed_precision %s needs a GPU: training in fp32 on the CPU", args.mixed_precision
+        )
     trackers = resolve_trackers(args.trackers_requested())
     if "wandb" in trackers:
         prepare_wandb_mode()
@@ -263,14 +267,32 @@ def setup(config: Config) -> Run:
         args.project_name, config=config.to_dict(), init_kwargs=_tracker_init_kwargs(args)
     )
     _log_start(run, n_params)
+    _log_tracking(run)
     return run
 
 
 def _tracker_init_kwargs(args) -> dict:
-    kwargs = {}
+    """W&B files go under output_dir/wandb, next to the run they describe."""
+    wandb_kwargs = {"dir": args.output_dir}
     if args.run_name:
-        kwargs["wandb"] = {"name": args.run_name}
-    return kwargs
+        wandb_kwargs["name"] = args.run_name
+    return {"wandb": wandb_kwargs}
+
+
+def _log_tracking(run: Run) -> None:
+    names = [tracker.name for tracker in run.accelerator.trackers]
+    if "wandb" in names and os.environ.get("WANDB_MODE") == "offline":
+        logger.info(
+            "W&B: no API key or login found, so the run is recorded offline under %s/wandb; "
+            "upload it later with `wandb sync %s/wandb/offline-run-*` (after `wandb login`)",
+            run.config.train.output_dir,
+            run.config.train.output_dir,
+        )
+    logger.info(
+        "tracking: %s, always %s/metrics.jsonl",
+        ", ".join(names) or "no tracker",
+        run.config.train.output_dir,
+    )
 
 
 def _configure_logging(accelerator) -> None:
@@ -281,7 +303,10 @@ def _configure_logging(accelerator) -> None:
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=level)
     logger.setLevel(level)
     logging.getLogger("hfmini.data").setLevel(level)
-    transformers.utils.logging.set_verbosity_warning()
+    # accelerate logs every file of every checkpoint at INFO; our own line says it once.
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    # transformers warns about attention masks on unpadded packed blocks; nothing to act on.
+    transformers.utils.logging.set_verbosity_error()
     if not accelerator.is_main_process:
         datasets.utils.logging.disable_progress_bar()
 
@@ -351,7 +376,8 @@ def train(run: Run, stop: StopRequest) -> bool:
             if not stepped:
                 continue
             progress.update(1)
-            if _stop_requested(run, stop) or not on_step_end(run, progress):
+            saved = on_step_end(run, progress)
+            if state.step < run.total_steps and _stop_requested(run, stop, saved):
                 progress.close()
                 return False
             if state.step >= run.total_steps:
@@ -388,7 +414,7 @@ def training_step(run: Run, input_ids: torch.Tensor) -> bool:
     return True
 
 
-def _stop_requested(run: Run, stop: StopRequest) -> bool:
+def _stop_requested(run: Run, stop: StopRequest, saved: bool) -> bool:
     """Did any process get a signal? Costs one tiny all-reduce per step when multi-process."""
     requested = stop.requested
     if run.accelerator.num_processes > 1:
@@ -396,7 +422,7 @@ def _stop_requested(run: Run, stop: StopRequest) -> bool:
         requested = run.accelerator.reduce(flag, reduction="sum").item() > 0
     if requested:
         _check_finite(run)
-        path = save(run)
+        path = save(run) if not saved else list_checkpoints(run.config.train.output_dir)[-1]
         logger.info(
             "stopped at step %d; checkpoint saved to %s. Resume with the same command plus "
             "--resume_from_checkpoint latest",
@@ -418,7 +444,8 @@ def _check_finite(run: Run) -> None:
 
 
 def on_step_end(run: Run, progress) -> bool:
-    """Logging, evaluation and checkpoints after optimizer step `run.state.step`."""
+    """Logging, evaluation and checkpoints after optimizer step `run.state.step`; returns
+    whether a checkpoint was saved."""
     args, state = run.config.train, run.state
     is_last = state.step >= run.total_steps
     log_now = state.step % args.logging_steps == 0 or is_last
@@ -432,7 +459,7 @@ def on_step_end(run: Run, progress) -> bool:
         evaluate(run, final=False)
     if save_now:
         save(run)
-    return True
+    return bool(save_now)
 
 
 def log_training(run: Run, progress) -> None:
@@ -468,6 +495,18 @@ def log_training(run: Run, progress) -> None:
     run.interval_start, run.interval_tokens = time.perf_counter(), 0
 
 
+def _inference_model(run: Run):
+    """The model for evaluation and sampling.
+
+    Sharded models (FSDP, DeepSpeed) must run through their wrapper on every process; otherwise
+    the plain module, which avoids recompiling a compiled model for the ragged final block.
+    """
+    from accelerate.utils import DistributedType
+
+    sharded = run.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    return (run.model, False) if sharded else (run.accelerator.unwrap_model(run.model), True)
+
+
 def evaluate(run: Run, final: bool) -> dict:
     """Score the validation split, sample from the prompts, log both, redraw the loss curve."""
     from hfmini.evaluation import evaluate_stream
@@ -476,7 +515,7 @@ def evaluate(run: Run, final: bool) -> dict:
 
     acc, args = run.accelerator, run.config.train
     started = time.perf_counter()
-    model = acc.unwrap_model(run.model)
+    model, can_sample_alone = _inference_model(run)
     metrics = evaluate_stream(
         model,
         run.data.eval_tokens,
@@ -487,7 +526,7 @@ def evaluate(run: Run, final: bool) -> dict:
         max_blocks=None if final else run.config.data.max_eval_samples,
     )
     samples = []
-    if acc.is_main_process:
+    if acc.is_main_process and can_sample_alone:
         for prompt in args.sample_prompts:
             text = generate_text(
                 model,
@@ -549,7 +588,8 @@ def finish(run: Run) -> dict:
     """Final evaluation on the whole validation split and the exported Hub folder."""
     metrics = evaluate(run, final=True)
     acc = run.accelerator
-    acc.wait_for_everyone()
+    # Gathers the full weights on every process when sharded (FSDP/DeepSpeed); a no-op copy else.
+    state_dict = acc.get_state_dict(run.model)
     if acc.is_main_process:
         model = acc.unwrap_model(run.model)
         results = {
@@ -558,7 +598,14 @@ def finish(run: Run) -> dict:
             "tokens_seen": run.state.tokens_seen,
             "parameters": sum(p.numel() for p in model.parameters()),
         }
-        save_model(model, run.tokenizer, run.config.train.output_dir, run.config.to_dict(), results)
+        save_model(
+            model,
+            run.tokenizer,
+            run.config.train.output_dir,
+            run.config.to_dict(),
+            results,
+            state_dict=state_dict,
+        )
         logger.info("model saved to %s", run.config.train.output_dir)
     acc.wait_for_everyone()
     return metrics
