@@ -201,6 +201,11 @@ class TrainArguments:
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the final model."})
     hub_model_id: str | None = field(default=None, metadata={"help": "user/name on the Hub."})
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the repo private."})
+    hub_strategy: str = field(
+        default="end",
+        metadata={"help": "end: push once at the end; every_save: also at each save."},
+    )
+    license: str = field(default="apache-2.0", metadata={"help": "License in the model card."})
 
     def __post_init__(self) -> None:
         for name in (
@@ -233,6 +238,8 @@ class TrainArguments:
                 raise HfminiError(
                     f"unknown report_to {name!r}: use one of {', '.join(sorted(known))}"
                 )
+        if self.hub_strategy not in ("end", "every_save"):
+            raise HfminiError(f"hub_strategy must be end or every_save, got {self.hub_strategy!r}")
         if self.push_to_hub and not self.hub_model_id:
             raise HfminiError("push_to_hub needs hub_model_id: add --hub_model_id user/name")
 
@@ -253,6 +260,15 @@ class Config:
             **dataclasses.asdict(self.data),
             **dataclasses.asdict(self.model),
             **dataclasses.asdict(self.train),
+        }
+
+    def to_flat_dict(self) -> dict[str, str | int | float | bool]:
+        """to_dict() with lists joined and None spelled out: TensorBoard's hparams take scalars."""
+        return {
+            key: ", ".join(map(str, value))
+            if isinstance(value, list)
+            else ("None" if value is None else value)
+            for key, value in self.to_dict().items()
         }
 
     def context_length(self) -> int:

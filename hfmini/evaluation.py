@@ -12,8 +12,6 @@ predicted and their NLL counted, but they stand for no bytes of text.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -27,11 +25,15 @@ def block_ranges(n_tokens: int, block_size: int) -> list[tuple[int, int]]:
 
 
 def metrics_from_sums(nll: float, tokens: float, n_bytes: float) -> dict[str, float]:
-    loss = nll / max(tokens, 1)
+    """Loss, perplexity and bits per byte from summed NLL, through hfmini's `evaluate` modules."""
+    from hfmini.metrics import load_metric
+
+    perplexity = load_metric("perplexity").compute(nll=[nll], num_tokens=[tokens])
+    bits = load_metric("bits_per_byte").compute(nll=[nll], num_bytes=[n_bytes])
     return {
-        "eval_loss": loss,
-        "perplexity": math.exp(min(loss, 700.0)),  # exp overflows a double past ~709
-        "bits_per_byte": nll / (math.log(2) * max(n_bytes, 1)),
+        "eval_loss": perplexity["loss"],
+        "perplexity": perplexity["perplexity"],
+        "bits_per_byte": bits["bits_per_byte"],
         "eval_tokens": tokens,
         "eval_bytes": n_bytes,
     }

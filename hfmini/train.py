@@ -61,6 +61,7 @@ class Run:
     interval_start: float = 0.0
     interval_tokens: int = 0
     final_metrics: dict = field(default_factory=dict)
+    last_samples: list = field(default_factory=list)  # (prompt, text) from the latest evaluation
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,6 +198,10 @@ def setup(config: Config) -> Run:
 
     args = config.train
     resume_path = check_output_dir(args)  # before anything expensive
+    if args.push_to_hub:
+        from hfmini.hub import check_hub_access
+
+        check_hub_access(args.hub_model_id)
     accelerator = make_accelerator(config)
     _configure_logging(accelerator)
     output_dir = Path(args.output_dir)
@@ -264,7 +269,7 @@ def setup(config: Config) -> Run:
     run.loss_sum = torch.tensor(run.state.loss_since_log, device=device)
     run.first_bad_step = torch.tensor(-1, device=device)
     accelerator.init_trackers(
-        args.project_name, config=config.to_dict(), init_kwargs=_tracker_init_kwargs(args)
+        args.project_name, config=config.to_flat_dict(), init_kwargs=_tracker_init_kwargs(args)
     )
     _log_start(run, n_params)
     _log_tracking(run)
@@ -563,6 +568,7 @@ def evaluate(run: Run, final: bool) -> dict:
     # Evaluation time is not training time.
     run.interval_start += time.perf_counter() - started
     run.final_metrics = metrics
+    run.last_samples = samples
     run.state.best_eval_loss = min(run.state.best_eval_loss or math.inf, metrics["eval_loss"])
     acc.wait_for_everyone()
     return metrics
@@ -581,13 +587,24 @@ def save(run: Run) -> Path:
         run.config.train.save_total_limit,
     )
     logger.info("checkpoint saved: %s", path)
+    args = run.config.train
+    if args.push_to_hub and args.hub_strategy == "every_save" and run.accelerator.is_main_process:
+        from hfmini.hub import push_snapshot
+
+        model, _ = _inference_model(run)
+        push_snapshot(model, run.tokenizer, args.hub_model_id, args.hub_private_repo, state.step)
     return path
 
 
 def finish(run: Run) -> dict:
-    """Final evaluation on the whole validation split and the exported Hub folder."""
+    """Final evaluation on the whole validation split, the exported Hub folder with its model
+    card and `evaluate` results, and the upload when push_to_hub is set."""
+    import evaluate as hf_evaluate
+
+    from hfmini.card import write_model_card
+
     metrics = evaluate(run, final=True)
-    acc = run.accelerator
+    acc, args = run.accelerator, run.config.train
     # Gathers the full weights on every process when sharded (FSDP/DeepSpeed); a no-op copy else.
     state_dict = acc.get_state_dict(run.model)
     if acc.is_main_process:
@@ -598,15 +615,17 @@ def finish(run: Run) -> dict:
             "tokens_seen": run.state.tokens_seen,
             "parameters": sum(p.numel() for p in model.parameters()),
         }
-        save_model(
-            model,
-            run.tokenizer,
-            run.config.train.output_dir,
-            run.config.to_dict(),
-            results,
-            state_dict=state_dict,
+        out = args.output_dir
+        save_model(model, run.tokenizer, out, run.config.to_dict(), results, state_dict=state_dict)
+        hf_evaluate.save(out, **results, config=run.config.to_dict())
+        write_model_card(
+            out, run.config, results, run.last_samples, acc.num_processes, model.config
         )
-        logger.info("model saved to %s", run.config.train.output_dir)
+        logger.info("model saved to %s", out)
+        if args.push_to_hub:
+            from hfmini.hub import push_folder
+
+            push_folder(out, args.hub_model_id, args.hub_private_repo, "hfmini: final model")
     acc.wait_for_everyone()
     return metrics
 

