@@ -64,14 +64,34 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def _weights_readable(path: Path) -> bool:
+    """A safetensors file whose header parses and whose tensors all lie inside the file."""
+    import json as _json
+    import struct
+
+    try:
+        with path.open("rb") as handle:
+            (header_len,) = struct.unpack("<Q", handle.read(8))
+            header = _json.loads(handle.read(header_len))
+        data_end = max(
+            (t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0
+        )
+        return path.stat().st_size >= 8 + header_len + data_end
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return False
+
+
 def is_intact(path: Path) -> bool:
-    """A checkpoint whose state file parses and whose model weights are present and non-empty."""
+    """A checkpoint whose state file parses and whose weights are complete safetensors files.
+
+    Reads only headers: cheap even for large models.
+    """
     try:
         TrainState.from_json((path / STATE_FILE).read_text())
     except (OSError, ValueError, TypeError):
         return False
     weights = list(path.glob("model*.safetensors"))
-    return bool(weights) and all(w.stat().st_size > 0 for w in weights)
+    return bool(weights) and all(_weights_readable(w) for w in weights)
 
 
 def resolve_resume_path(output_dir: str | Path, resume_from_checkpoint: str) -> Path:
@@ -146,9 +166,22 @@ def save_checkpoint(
 
 
 def load_checkpoint(accelerator, path: Path, scheduler) -> TrainState:
-    """Restore model, optimizer, RNG (via accelerate), scheduler and counters from `path`."""
+    """Restore model, optimizer, RNG (via accelerate), scheduler and counters from `path`.
+
+    Every tensor file is read with torch.load(weights_only=True) or as safetensors: a checkpoint
+    cannot run code.
+    """
     import torch
 
-    accelerator.load_state(str(path))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    try:
+        accelerator.load_state(str(path))
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    except (
+        Exception
+    ) as err:  # unpickling, shape or I/O errors: all mean "this checkpoint is unusable"
+        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise HfminiError(
+            f"checkpoint {path} could not be loaded ({reason}): it is damaged or from another "
+            "model shape; resume from an older checkpoint or start fresh"
+        ) from None
     return TrainState.from_json((path / STATE_FILE).read_text())

@@ -26,9 +26,10 @@ from hfmini.errors import HfminiError
 
 logger = logging.getLogger(__name__)
 
-# Documents are cut into chunks of about this many characters (at blank lines where possible) so
-# that tokenization parallelises across processes and a validation tail can be held out even from
-# a single text file. Cutting at paragraph breaks leaves the BPE tokenization unchanged there.
+# Documents are cut into chunks of at most this many characters (before blank lines where
+# possible) so that tokenization parallelises across processes and a validation tail can be held
+# out even from a single text file. Cutting just before a line break leaves the byte-level BPE
+# tokenization unchanged; only a hard cut inside a very long line can change it, at that point.
 CHUNK_CHARS = 4096
 
 BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -93,13 +94,28 @@ def _shakespeare_files() -> dict[str, str]:
     return {split: str(path) for split, path in paths.items()}
 
 
+def _check_readable(path: Path, what: str) -> None:
+    """Open and read a byte now, so a permission problem is reported before any work."""
+    try:
+        with path.open("rb") as handle:
+            first = handle.read(1)
+    except OSError as err:
+        raise HfminiError(
+            f"{what} {path} cannot be read ({err.strerror}): check its permissions"
+        ) from None
+    if not first:
+        raise HfminiError(f"{what} {path} is empty: add text to it or leave it out")
+
+
 def expand_data_files(patterns: list[str], what: str) -> list[str]:
-    """Files and directories → a sorted list of files of one supported format."""
-    files: list[str] = []
+    """Files and directories → a sorted list of readable, non-empty files of one format."""
+    files: list[Path] = []
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            found = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in BUILDERS)
+            found = sorted(
+                p for p in path.rglob("*") if p.suffix.lower() in BUILDERS and p.is_file()
+            )
             if not found:
                 raise HfminiError(
                     f"{what} directory {pattern} has no {'/'.join(BUILDERS)} files: add some "
@@ -112,20 +128,102 @@ def expand_data_files(patterns: list[str], what: str) -> list[str]:
                     f"{what} {pattern} has an unsupported extension: use one of "
                     f"{', '.join(BUILDERS)}"
                 )
-            if not os.access(path, os.R_OK):
-                raise HfminiError(f"{what} {pattern} is not readable: check its permissions")
-            files.append(str(path))
+            files.append(path)
         else:
             raise HfminiError(f"{what} {pattern} does not exist: check the path")
-    builders = {BUILDERS[Path(f).suffix.lower()] for f in files}
+    for path in files:
+        _check_readable(path, what)
+    builders = {BUILDERS[f.suffix.lower()] for f in files}
     if len(builders) > 1:
         raise HfminiError(f"{what} mixes formats ({', '.join(sorted(builders))}): use one format")
-    return files
+    return [str(f) for f in files]
+
+
+def count_invalid_utf8(path: str, block: int = 1 << 20) -> int:
+    """Bytes of `path` that are not valid UTF-8. Streams the file once (about 1 GB/s)."""
+    import codecs
+
+    bad = 0
+
+    def count(error: UnicodeDecodeError):
+        nonlocal bad
+        bad += error.end - error.start
+        return "\ufffd", error.end
+
+    codecs.register_error("hfmini_count", count)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="hfmini_count")
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            decoder.decode(chunk)
+    decoder.decode(b"", final=True)
+    return bad
+
+
+def _warn_invalid_utf8(files: list[str]) -> None:
+    """Invalid bytes are replaced by U+FFFD (never a crash); say so once, with the count."""
+    counts = {f: count_invalid_utf8(f) for f in files if Path(f).suffix.lower() != ".parquet"}
+    bad = {f: n for f, n in counts.items() if n}
+    if bad:
+        first = next(iter(bad))
+        logger.warning(
+            "%d bytes that are not valid UTF-8 in %d file(s) (first: %s) were replaced with "
+            "U+FFFD; re-encode the files as UTF-8 to keep them",
+            sum(bad.values()),
+            len(bad),
+            first,
+        )
+
+
+def _load_local(data_files: dict[str, list[str]]):
+    from datasets import load_dataset
+
+    builder = BUILDERS[Path(data_files["train"][0]).suffix.lower()]
+    if "validation" in data_files:
+        if BUILDERS[Path(data_files["validation"][0]).suffix.lower()] != builder:
+            raise HfminiError("train_file and validation_file must have the same format")
+    _warn_invalid_utf8([f for files in data_files.values() for f in files])
+    kwargs = {} if builder == "parquet" else {"encoding_errors": "replace"}
+    if builder == "text":
+        kwargs["sample_by"] = "document"
+    # datasets logs a parse failure with its traceback before raising; our message replaces it.
+    datasets_logger = logging.getLogger("datasets")
+    level = datasets_logger.level
+    datasets_logger.setLevel(logging.CRITICAL)
+    try:
+        return load_dataset(builder, data_files=data_files, **kwargs)
+    except Exception as err:  # malformed JSON/CSV/Parquet: name the files, not the internals
+        reason = str(err.__cause__ or err).splitlines()[0][:200]
+        files = ", ".join(f for group in data_files.values() for f in group)[:200]
+        raise HfminiError(
+            f"could not read {files} as {builder} ({reason}): check that the files are valid "
+            f"{builder}"
+        ) from None
+    finally:
+        datasets_logger.setLevel(level)
+
+
+def _load_hub(name: str, config_name: str | None):
+    import datasets
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(name, config_name)
+    except Exception as err:
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        if datasets.config.HF_HUB_OFFLINE or datasets.config.HF_DATASETS_OFFLINE:
+            raise HfminiError(
+                f"dataset {name!r} is not in the local cache and the Hub cannot be reached "
+                "(offline mode): train on local files with --train_file PATH instead"
+            ) from None
+        raise HfminiError(
+            f"could not load dataset {name!r} from the Hub ({reason}): check the name, the "
+            "network, or use local files with --train_file"
+        ) from None
 
 
 def load_raw_datasets(data_args):
     """A DatasetDict with 'train', and 'validation' when the source has one; one document a row."""
-    from datasets import DatasetDict, load_dataset
+    from datasets import DatasetDict
 
     if data_args.train_file:
         data_files = {"train": expand_data_files(data_args.train_file, "train_file")}
@@ -133,17 +231,11 @@ def load_raw_datasets(data_args):
             data_files["validation"] = expand_data_files(
                 data_args.validation_file, "validation_file"
             )
-        builder = BUILDERS[Path(data_files["train"][0]).suffix.lower()]
-        if data_args.validation_file:
-            val_builder = BUILDERS[Path(data_files["validation"][0]).suffix.lower()]
-            if val_builder != builder:
-                raise HfminiError("train_file and validation_file must have the same format")
-        kwargs = {"sample_by": "document"} if builder == "text" else {}
-        raw = load_dataset(builder, data_files=data_files, **kwargs)
+        raw = _load_local(data_files)
     elif data_args.dataset_name:
-        raw = load_dataset(data_args.dataset_name, data_args.dataset_config_name)
+        raw = _load_hub(data_args.dataset_name, data_args.dataset_config_name)
     else:
-        raw = load_dataset("json", data_files=_shakespeare_files())
+        raw = _load_local(_shakespeare_files_as_lists())
     if not isinstance(raw, DatasetDict) or "train" not in raw:
         raise HfminiError("the dataset has no 'train' split: name the files with train_file")
     splits = {"train": raw["train"]}
@@ -161,19 +253,34 @@ def load_raw_datasets(data_args):
     return DatasetDict(splits)
 
 
+def _shakespeare_files_as_lists() -> dict[str, list[str]]:
+    return {split: [path] for split, path in _shakespeare_files().items()}
+
+
 # ---------------------------------------------------------------------------------------------
 # Chunking, validation split, tokenization, packing
 
 
+def _boundary_before(text: str, separator: str, start: int, end: int) -> int:
+    """The last index in (start, end) where `separator` begins right after a non-space character,
+    or -1. Byte-level BPE pre-tokens never join a non-space character to the whitespace after it,
+    so cutting there leaves the tokenization of both sides unchanged."""
+    cut = text.rfind(separator, start + 1, end)
+    while cut > start and text[cut - 1].isspace():
+        cut = text.rfind(separator, start + 1, cut)
+    return cut
+
+
 def split_document(text: str, max_chars: int = CHUNK_CHARS) -> list[str]:
-    """Cut text into pieces of at most max_chars whose concatenation is the text, preferring
-    blank lines, then line breaks, then a hard cut."""
+    """Cut text into pieces of at most max_chars whose concatenation is the text: before a blank
+    line where possible (tokenization unchanged), else before a line break, else a hard cut."""
     pieces = []
     start = 0
     while len(text) - start > max_chars:
         end = start + max_chars
-        cut = text.rfind("\n\n", start + 1, end)
-        cut = cut + 2 if cut != -1 else text.rfind("\n", start + 1, end) + 1
+        cut = _boundary_before(text, "\n\n", start, end)
+        if cut <= start:
+            cut = _boundary_before(text, "\n", start, end)
         if cut <= start:
             cut = end
         pieces.append(text[start:cut])
@@ -182,12 +289,12 @@ def split_document(text: str, max_chars: int = CHUNK_CHARS) -> list[str]:
     return pieces
 
 
-def _chunk_batch(batch: dict, text_column: str) -> dict:
+def _chunk_batch(batch: dict, text_column: str, max_chars: int) -> dict:
     texts, ends = [], []
     for text in batch[text_column]:
         if not text:
             continue  # an empty or missing document adds nothing, not even an EOS
-        pieces = split_document(text)
+        pieces = split_document(text, max_chars)
         texts.extend(pieces)
         ends.extend([False] * (len(pieces) - 1) + [True])
     return {"text": texts, "doc_end": ends}
@@ -195,11 +302,16 @@ def _chunk_batch(batch: dict, text_column: str) -> dict:
 
 def chunk_documents(raw, text_column: str, num_proc: int | None):
     """Rows of any shape → rows of ('text' ≤ CHUNK_CHARS, 'doc_end') in document order."""
+    from datasets import Features, Value
+
     return raw.map(
         _chunk_batch,
         batched=True,
-        fn_kwargs={"text_column": text_column},
+        # max_chars travels in fn_kwargs so that it is part of the cache fingerprint.
+        fn_kwargs={"text_column": text_column, "max_chars": CHUNK_CHARS},
         remove_columns=next(iter(raw.values())).column_names,
+        # Explicit features keep the columns even when every document is empty.
+        features=Features({"text": Value("string"), "doc_end": Value("bool")}),
         num_proc=num_proc,
         desc="Chunking documents",
     )
@@ -277,6 +389,8 @@ def flat_tokens(tokenized) -> torch.Tensor:
     """
     import pyarrow.compute as pc
 
+    if tokenized.num_rows == 0:
+        return torch.zeros(0, dtype=torch.int32)
     column = tokenized.with_format("arrow")[:]["input_ids"]
     values = pc.list_flatten(column)
     chunks = [chunk.to_numpy(zero_copy_only=False) for chunk in values.chunks] or [np.array([])]
@@ -297,6 +411,8 @@ def pack(tokens: torch.Tensor, block_size: int, split: str) -> tuple[torch.Tenso
 def text_bytes(chunks) -> int:
     import pyarrow.compute as pc
 
+    if chunks.num_rows == 0:
+        return 0
     column = chunks.with_format("arrow")[:]["text"]
     return int(pc.sum(pc.binary_length(column)).as_py() or 0)
 
@@ -307,15 +423,11 @@ def prepare_eval_tokens(data_args, tokenizer) -> torch.Tensor:
     `validation_file` alone is enough; otherwise the source's validation split (or held-out tail)
     is used, exactly as in training.
     """
-    from datasets import DatasetDict, load_dataset
+    from datasets import DatasetDict
 
     if data_args.validation_file:
         files = expand_data_files(data_args.validation_file, "validation_file")
-        builder = BUILDERS[Path(files[0]).suffix.lower()]
-        kwargs = {"sample_by": "document"} if builder == "text" else {}
-        raw = DatasetDict(
-            {"validation": load_dataset(builder, data_files=files, split="train", **kwargs)}
-        )
+        raw = DatasetDict({"validation": _load_local({"train": files})["train"]})
         if data_args.text_column not in raw["validation"].column_names:
             raise HfminiError(
                 f"text_column {data_args.text_column!r} is not in {files[0]}; its columns are "

@@ -23,6 +23,9 @@ def build_model_config(model_args, tokenizer, context_length: int):
         n_embd=n_embd,
         n_layer=n_layer,
         n_head=n_head,
+        # The same tanh-approximated GELU as GPT-2's "gelu_new", as one fused PyTorch kernel
+        # instead of five elementwise ops (~10% of a CPU training step at this size).
+        activation_function="gelu_pytorch_tanh",
         resid_pdrop=model_args.dropout,
         embd_pdrop=model_args.dropout,
         attn_pdrop=model_args.dropout,

@@ -68,6 +68,25 @@ class Run:
 # setup
 
 
+def use_all_cpu_cores() -> None:
+    """Undo the launchers' one-thread default for CPU training.
+
+    `accelerate launch` (and torchrun) set OMP_NUM_THREADS=1 for every process they start; on a
+    CPU-only machine that leaves all but one core idle (measured here: 6.6k vs 11.5k tokens/s on
+    2 cores). When a launcher set it, give each local process its share of the cores instead.
+    """
+    launched = "ACCELERATE_DYNAMO_BACKEND" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
+    if torch.cuda.is_available() or not launched or os.environ.get("OMP_NUM_THREADS") != "1":
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if threads > torch.get_num_threads():
+        torch.set_num_threads(threads)
+        logger.info(
+            "using %d CPU threads per process (the launcher set OMP_NUM_THREADS=1)", threads
+        )
+
+
 def make_accelerator(config: Config):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
@@ -137,8 +156,9 @@ def build_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    # The fused kernel (one launch for all tensors) exists on CUDA; elsewhere foreach is fastest.
-    fused = {"fused": True} if torch.cuda.is_available() else {"foreach": True}
+    # The fused kernel updates all tensors in one pass (CUDA, and CPU since torch 2.4): on a
+    # 2-core CPU it is ~5x faster than the foreach implementation for this step.
+    fused = {"fused": True}
     return torch.optim.AdamW(
         groups,
         lr=args.learning_rate,
@@ -204,6 +224,7 @@ def setup(config: Config) -> Run:
         check_hub_access(args.hub_model_id)
     accelerator = make_accelerator(config)
     _configure_logging(accelerator)
+    use_all_cpu_cores()
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
         if args.overwrite_output_dir:
@@ -370,27 +391,28 @@ def train(run: Run, stop: StopRequest) -> bool:
         dynamic_ncols=True,
     )
     run.interval_start, run.interval_tokens = time.perf_counter(), 0
-    while state.step < run.total_steps:
-        run.train_loader.set_epoch(state.epoch)
-        loader = run.train_loader
-        if state.batches_in_epoch:  # resuming mid-epoch: skip what this epoch already consumed
-            loader = acc.skip_first_batches(loader, state.batches_in_epoch)
-        for batch in loader:
-            stepped = training_step(run, batch["input_ids"])
-            state.batches_in_epoch += 1
-            if not stepped:
-                continue
-            progress.update(1)
-            saved = on_step_end(run, progress)
-            if state.step < run.total_steps and _stop_requested(run, stop, saved):
-                progress.close()
-                return False
-            if state.step >= run.total_steps:
-                break
-        else:
-            state.epoch += 1
-            state.batches_in_epoch = 0
-    progress.close()
+    try:  # close the bar first, so an error message is the last line the user sees
+        while state.step < run.total_steps:
+            run.train_loader.set_epoch(state.epoch)
+            loader = run.train_loader
+            if state.batches_in_epoch:  # resuming mid-epoch: skip what this epoch consumed
+                loader = acc.skip_first_batches(loader, state.batches_in_epoch)
+            for batch in loader:
+                stepped = training_step(run, batch["input_ids"])
+                state.batches_in_epoch += 1
+                if not stepped:
+                    continue
+                progress.update(1)
+                saved = on_step_end(run, progress)
+                if state.step < run.total_steps and _stop_requested(run, stop, saved):
+                    return False
+                if state.step >= run.total_steps:
+                    break
+            else:
+                state.epoch += 1
+                state.batches_in_epoch = 0
+    finally:
+        progress.close()
     return True
 
 
@@ -509,7 +531,11 @@ def _inference_model(run: Run):
     from accelerate.utils import DistributedType
 
     sharded = run.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-    return (run.model, False) if sharded else (run.accelerator.unwrap_model(run.model), True)
+    return (
+        (run.model, False)
+        if sharded
+        else (run.accelerator.unwrap_model(run.model, keep_torch_compile=False), True)
+    )
 
 
 def evaluate(run: Run, final: bool) -> dict:
@@ -608,7 +634,7 @@ def finish(run: Run) -> dict:
     # Gathers the full weights on every process when sharded (FSDP/DeepSpeed); a no-op copy else.
     state_dict = acc.get_state_dict(run.model)
     if acc.is_main_process:
-        model = acc.unwrap_model(run.model)
+        model = acc.unwrap_model(run.model, keep_torch_compile=False)
         results = {
             **metrics,
             "step": run.state.step,

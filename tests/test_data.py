@@ -33,10 +33,16 @@ def test_split_document_is_lossless(length):
     assert all(len(p) <= CHUNK_CHARS for p in pieces)
 
 
-def test_split_prefers_blank_lines():
-    text = ("a" * 100 + "\n\n") * 100
+def test_split_before_blank_lines_keeps_the_tokenization():
+    from hfmini.tokenizer import train_tokenizer
+
+    text = ("ROMEO:\nSoft, what light " * 3 + "breaks?\n\n") * 100
     pieces = split_document(text, max_chars=1000)
-    assert all(p.endswith("\n\n") for p in pieces[:-1])
+    assert len(pieces) > 5 and all(p.startswith("\n\n") for p in pieces[1:])
+    tokenizer = train_tokenizer(iter([text]), 300, 64)
+    whole = tokenizer(text, add_special_tokens=False)["input_ids"]
+    parts = [i for p in pieces for i in tokenizer(p, add_special_tokens=False)["input_ids"]]
+    assert parts == whole
 
 
 def test_pack_drops_only_the_tail():
