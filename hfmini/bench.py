@@ -105,7 +105,7 @@ def bench_training(recipe: str, rounds: int, steps_per_round: int, work_dir: Pat
         "model": f"{config.model.model_size} {config.model.shape()} ctx {config.context_length()}",
         "parameters": sum(p.numel() for p in plain_model.parameters()),
         "batch": list(batch_shape),
-        "torch_compile": config.train.torch_compile,
+        "torch_compile": config.train.compile_on(torch.cuda.is_available()),
         "hfmini_tokens_per_second": rates["hfmini"],
         "plain_eager_tokens_per_second": rates["plain"],
         "speedup": rates["hfmini"] / rates["plain"],
@@ -117,7 +117,7 @@ def bench_training(recipe: str, rounds: int, steps_per_round: int, work_dir: Pat
     }
 
 
-def bench_generation(recipe: str, new_tokens: int = 256, repeats: int = 3) -> dict:
+def bench_generation(recipe: str, new_tokens: int = 256, repeats: int = 5) -> dict:
     """Greedy decoding of `new_tokens` tokens, with and without the KV cache, same model."""
     from hfmini.config import parse_config
     from hfmini.model import build_model

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 
@@ -81,7 +82,13 @@ def build_model_card(
         ("optimizer steps", f"{results['step']:,}"),
         ("tokens seen", f"{results['tokens_seen']:,}"),
         ("gradient clipping", f"{args.max_grad_norm}"),
-        ("precision", args.mixed_precision if args.mixed_precision != "no" else "fp32"),
+        (
+            "precision",
+            args.precision_on(
+                torch.cuda.is_available(),
+                torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+            ).replace("no", "fp32"),
+        ),
         ("seed", f"{args.seed}"),
     ]
     architecture = [

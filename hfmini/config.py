@@ -187,9 +187,15 @@ class TrainArguments:
     run_name: str | None = field(default=None, metadata={"help": "Name of the tracker run."})
     project_name: str = field(default="hfmini", metadata={"help": "W&B / tracker project."})
     mixed_precision: str = field(
-        default="no", metadata={"help": "no, bf16 or fp16 (GPU); CPU runs in fp32."}
+        default="auto",
+        metadata={
+            "help": "auto (bf16 on a GPU that has it, else fp32), no, bf16 or fp16 (GPU only)."
+        },
     )
-    torch_compile: bool = field(default=False, metadata={"help": "Compile the model."})
+    torch_compile: str = field(
+        default="auto",
+        metadata={"help": "auto (on with CUDA, off on CPU where it does not pay), true or false."},
+    )
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in backward to save memory."}
     )
@@ -228,9 +234,14 @@ class TrainArguments:
             raise HfminiError(f"num_train_epochs must be positive, got {self.num_train_epochs}")
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise HfminiError(f"save_total_limit must be >= 1, got {self.save_total_limit}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
+        self.torch_compile = str(self.torch_compile).lower()
+        if self.torch_compile not in ("auto", "true", "false"):
             raise HfminiError(
-                f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}"
+                f"torch_compile must be auto, true or false, got {self.torch_compile!r}"
+            )
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            raise HfminiError(
+                f"mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}"
             )
         known = {"wandb", "tensorboard", "all", "none"}
         for name in self.trackers_requested():
@@ -242,6 +253,19 @@ class TrainArguments:
             raise HfminiError(f"hub_strategy must be end or every_save, got {self.hub_strategy!r}")
         if self.push_to_hub and not self.hub_model_id:
             raise HfminiError("push_to_hub needs hub_model_id: add --hub_model_id user/name")
+
+    def precision_on(self, on_gpu: bool, bf16_supported: bool) -> str:
+        """The mixed precision to use: auto is bf16 on a GPU that supports it, else fp32 ("no")."""
+        if not on_gpu:
+            return "no"
+        if self.mixed_precision == "auto":
+            return "bf16" if bf16_supported else "no"
+        return self.mixed_precision
+
+    def compile_on(self, on_gpu: bool) -> bool:
+        """auto compiles on CUDA only: on the 2-core CPU we measured 1.05-1.16x, less than the
+        20-50 s warm-up is worth in a 5-minute run."""
+        return self.torch_compile == "true" or (self.torch_compile == "auto" and on_gpu)
 
     def trackers_requested(self) -> list[str]:
         return [name.strip() for name in self.report_to.split(",") if name.strip()]

@@ -39,7 +39,11 @@ def test_yaml_booleans_and_nulls(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("torch_compile: true\nn_layer: null\nmax_eval_samples: null\n")
     config = parse_config(["--config", str(recipe)])
-    assert config.train.torch_compile is True
+    assert config.train.torch_compile == "true" and config.train.compile_on(on_gpu=False)
+    assert not parse_config([]).train.compile_on(on_gpu=False)  # auto: off on CPU
+    assert parse_config([]).train.compile_on(on_gpu=True)  # auto: on with CUDA
+    assert parse_config([]).train.precision_on(on_gpu=True, bf16_supported=True) == "bf16"
+    assert parse_config([]).train.precision_on(on_gpu=False, bf16_supported=True) == "no"
     assert config.model.n_layer is None
 
 

@@ -179,3 +179,34 @@ def test_plot_overlays_runs(tracked_run, tmp_path):
     assert png_size(target)[0] > 800
     with pytest.raises(HfminiError, match="no metrics to plot"):
         plot_runs([tmp_path / "empty"], tmp_path / "x.png")
+
+
+def test_wandb_api_key_is_never_written(tmp_path, monkeypatch, capfd):
+    secret = "wandb0123456789abcdef0123456789abcdef01234"
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "out"
+    run_training(
+        parse_config(
+            [
+                "--config",
+                "recipes/tiny/config.yaml",
+                "--output_dir",
+                str(out),
+                "--max_steps",
+                "2",
+                "--eval_steps",
+                "0",
+                "--report_to",
+                "wandb",
+                "--sample_max_new_tokens",
+                "4",
+            ]
+        )
+    )
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any("wandb" in str(p) for p in files)
+    for path in files:
+        assert secret.encode() not in path.read_bytes(), path
+    captured = capfd.readouterr()
+    assert secret not in captured.out + captured.err
