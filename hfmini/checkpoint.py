@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hfmini.errors import HfminiError
+from hfmini.export import holds_finished_model
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,40 @@ def resolve_resume_path(output_dir: str | Path, resume_from_checkpoint: str) -> 
             "an older one or use 'latest', which skips damaged checkpoints"
         )
     return path
+
+
+def check_output_dir(args) -> Path | None:
+    """Refuse to mix runs; returns the checkpoint to resume from, if any. Runs before any work."""
+    out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise HfminiError(f"output_dir {out} is a file: choose a folder path")
+    if args.resume_from_checkpoint:
+        if args.overwrite_output_dir:
+            raise HfminiError("use either --resume_from_checkpoint or --overwrite_output_dir")
+        if holds_finished_model(out):
+            raise HfminiError(
+                f"{out} already holds a finished model: there is nothing to resume; pick a new "
+                "output_dir or add --overwrite_output_dir to start again"
+            )
+        return resolve_resume_path(out, args.resume_from_checkpoint)
+    has_run = holds_finished_model(out) or list_checkpoints(out) or (out / "metrics.jsonl").exists()
+    if has_run and not args.overwrite_output_dir:
+        hint = "--resume_from_checkpoint latest to continue or " if list_checkpoints(out) else ""
+        raise HfminiError(
+            f"output_dir {out} already holds a run: add {hint}--overwrite_output_dir to replace "
+            "it, or choose another output_dir"
+        )
+    return None
+
+
+def clear_previous_run(output_dir: Path) -> None:
+    """With --overwrite_output_dir: remove what hfmini wrote before, and only that."""
+    for name in ("checkpoints", "metrics.jsonl", "loss_curve.png", "eval_results.json"):
+        path = output_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def save_checkpoint(

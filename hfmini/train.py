@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,15 +21,18 @@ import torch
 
 from hfmini.checkpoint import (
     TrainState,
+    check_output_dir,
+    clear_previous_run,
     list_checkpoints,
     load_checkpoint,
-    resolve_resume_path,
     save_checkpoint,
 )
 from hfmini.config import Config, parse_config
 from hfmini.errors import HfminiError
-from hfmini.export import holds_finished_model, save_model
+from hfmini.export import save_model
 from hfmini.interrupt import StopRequest
+from hfmini.optim import build_optimizer, build_scheduler
+from hfmini.runtime import configure_logging, make_accelerator, use_all_cpu_cores
 
 logger = logging.getLogger("hfmini")
 
@@ -66,123 +68,6 @@ class Run:
 
 # ---------------------------------------------------------------------------------------------
 # setup
-
-
-def use_all_cpu_cores() -> None:
-    """Undo the launchers' one-thread default for CPU training.
-
-    `accelerate launch` (and torchrun) set OMP_NUM_THREADS=1 for every process they start; on a
-    CPU-only machine that leaves all but one core idle (measured here: 6.6k vs 11.5k tokens/s on
-    2 cores). When a launcher set it, give each local process its share of the cores instead.
-    """
-    launched = "ACCELERATE_DYNAMO_BACKEND" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
-    if torch.cuda.is_available() or not launched or os.environ.get("OMP_NUM_THREADS") != "1":
-        return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = max(1, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    if threads > torch.get_num_threads():
-        torch.set_num_threads(threads)
-        logger.info(
-            "using %d CPU threads per process (the launcher set OMP_NUM_THREADS=1)", threads
-        )
-
-
-def make_accelerator(config: Config):
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
-
-    from hfmini.tracking import prepare_wandb_mode, resolve_trackers
-
-    args = config.train
-    on_gpu = torch.cuda.is_available()
-    if on_gpu:  # TF32 matmuls and convolutions: ~2x fp32 throughput on Ampere and later
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    if args.mixed_precision not in ("no", "auto") and not on_gpu:
-        logging.getLogger("hfmini").warning(
-            "mixed_precision %s needs a GPU: training in fp32 on the CPU", args.mixed_precision
-        )
-    trackers = resolve_trackers(args.trackers_requested())
-    if "wandb" in trackers:
-        prepare_wandb_mode()
-    return Accelerator(
-        # On a machine without a GPU, cpu=True makes several processes (torchrun, mpirun) form one
-        # gloo data-parallel job instead of running as independent single-process copies.
-        cpu=not on_gpu,
-        mixed_precision=args.precision_on(on_gpu, on_gpu and torch.cuda.is_bf16_supported()),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=trackers or None,
-        project_dir=args.output_dir,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        dynamo_backend="inductor" if args.compile_on(on_gpu) else "no",
-    )
-
-
-def check_output_dir(args) -> Path | None:
-    """Refuse to mix runs; returns the checkpoint to resume from, if any. Runs before any work."""
-    out = Path(args.output_dir)
-    if out.exists() and not out.is_dir():
-        raise HfminiError(f"output_dir {out} is a file: choose a folder path")
-    if args.resume_from_checkpoint:
-        if args.overwrite_output_dir:
-            raise HfminiError("use either --resume_from_checkpoint or --overwrite_output_dir")
-        if holds_finished_model(out):
-            raise HfminiError(
-                f"{out} already holds a finished model: there is nothing to resume; pick a new "
-                "output_dir or add --overwrite_output_dir to start again"
-            )
-        return resolve_resume_path(out, args.resume_from_checkpoint)
-    has_run = holds_finished_model(out) or list_checkpoints(out) or (out / "metrics.jsonl").exists()
-    if has_run and not args.overwrite_output_dir:
-        hint = "--resume_from_checkpoint latest to continue or " if list_checkpoints(out) else ""
-        raise HfminiError(
-            f"output_dir {out} already holds a run: add {hint}--overwrite_output_dir to replace "
-            "it, or choose another output_dir"
-        )
-    return None
-
-
-def clear_previous_run(output_dir: Path) -> None:
-    """With --overwrite_output_dir: remove what hfmini wrote before, and only that."""
-    for name in ("checkpoints", "metrics.jsonl", "loss_curve.png", "eval_results.json"):
-        path = output_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-
-
-def build_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices (dim ≥ 2) only, not on biases, LayerNorms or gains."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    # The fused kernel updates all tensors in one pass (CUDA, and CPU since torch 2.4): on a
-    # 2-core CPU it is ~5x faster than the foreach implementation for this step.
-    fused = {"fused": True}
-    return torch.optim.AdamW(
-        groups,
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
-        **fused,
-    )
-
-
-def build_scheduler(optimizer, args, total_steps: int):
-    from transformers import get_scheduler
-
-    try:
-        return get_scheduler(
-            args.lr_scheduler_type,
-            optimizer,
-            num_warmup_steps=min(args.warmup_steps, total_steps),
-            num_training_steps=total_steps,
-        )
-    except ValueError as err:
-        raise HfminiError(f"lr_scheduler_type {args.lr_scheduler_type!r}: {err}") from None
 
 
 def _load_tokenizer_for(config: Config, resume_path: Path | None):
@@ -226,7 +111,7 @@ def setup(config: Config) -> Run:
 
         check_hub_access(args.hub_model_id)
     accelerator = make_accelerator(config)
-    _configure_logging(accelerator)
+    configure_logging(accelerator)
     use_all_cpu_cores()
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
@@ -324,22 +209,6 @@ def _log_tracking(run: Run) -> None:
         ", ".join(names) or "no tracker",
         run.config.train.output_dir,
     )
-
-
-def _configure_logging(accelerator) -> None:
-    import datasets
-    import transformers
-
-    level = logging.INFO if accelerator.is_main_process else logging.WARNING
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=level)
-    logger.setLevel(level)
-    logging.getLogger("hfmini.data").setLevel(level)
-    # accelerate logs every file of every checkpoint at INFO; our own line says it once.
-    logging.getLogger("accelerate").setLevel(logging.WARNING)
-    # transformers warns about attention masks on unpadded packed blocks; nothing to act on.
-    transformers.utils.logging.set_verbosity_error()
-    if not accelerator.is_main_process:
-        datasets.utils.logging.disable_progress_bar()
 
 
 def _log_start(run: Run, n_params: int) -> None:

@@ -8,7 +8,7 @@ import sys
 import torch
 from conftest import REPO, TINY_RECIPE
 
-from hfmini.train import use_all_cpu_cores
+from hfmini.runtime import use_all_cpu_cores
 
 
 def test_bench_runs_and_reports_ratios(tmp_path):
