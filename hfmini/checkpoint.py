@@ -36,7 +36,6 @@ class TrainState:
     tokens_seen: int = 0  # over all processes
     loss_since_log: float = 0.0  # sum of micro-batch losses since the last logged step
     batches_since_log: int = 0
-    best_eval_loss: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

@@ -10,7 +10,6 @@ under `torchrun` on CPU machines (gloo data parallel).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import time
@@ -62,7 +61,6 @@ class Run:
     last_grad_norm: torch.Tensor | None = None
     interval_start: float = 0.0
     interval_tokens: int = 0
-    final_metrics: dict = field(default_factory=dict)
     last_samples: list = field(default_factory=list)  # (prompt, text) from the latest evaluation
 
 
@@ -467,9 +465,7 @@ def evaluate(run: Run, final: bool) -> dict:
             logger.info("sample:\n%s%s", prompt, text)
     # Evaluation time is not training time.
     run.interval_start += time.perf_counter() - started
-    run.final_metrics = metrics
     run.last_samples = samples
-    run.state.best_eval_loss = min(run.state.best_eval_loss or math.inf, metrics["eval_loss"])
     acc.wait_for_everyone()
     return metrics
 
