@@ -7,14 +7,15 @@
    the same GPT2LMHeadModel, batch and sequence length; and MFU against the peak matmul FLOP/s
    measured in the same run. The two loops alternate in rounds, so load on a shared machine hits
    both alike; the ratio of medians is reported.
-2. Generation: new tokens/s of `generate` with the KV cache vs. recomputing the whole context for
-   each new token, at 256 new tokens.
+2. Generation: new tokens/s of hfmini's KV-cache decoding vs. recomputing the whole context for
+   each new token, at 256 new tokens; transformers' `generate` on the same model for reference.
 3. Data: tokenizer training MB/s, tokenize-and-pack MB/s, and a second (cached) data preparation.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -68,8 +69,10 @@ def bench_training(recipe: str, rounds: int, steps_per_round: int, work_dir: Pat
 
     # The plain loop: a fresh model of the same config, default AdamW, the same batches.
     torch.manual_seed(0)
+    # A copy of the config: transformers records the attention implementation on the config
+    # object, so sharing it would switch hfmini's model to the plain loop's sdpa as well.
     plain_model = GPT2LMHeadModel._from_config(
-        run.accelerator.unwrap_model(run.model).config, attn_implementation="sdpa"
+        copy.deepcopy(run.accelerator.unwrap_model(run.model).config), attn_implementation="sdpa"
     )
     plain_optimizer = torch.optim.AdamW(plain_model.parameters(), lr=config.train.learning_rate)
     position = {"hfmini": 0, "plain": 0}
@@ -98,7 +101,15 @@ def bench_training(recipe: str, rounds: int, steps_per_round: int, work_dir: Pat
     rates = _timed_rounds(
         {"hfmini": hfmini_step, "plain": plain_step}, rounds, steps_per_round, tokens_per_step
     )
-    peak = measure_peak_flops(run.accelerator.device, seconds=1.0)
+    # Each loop's MFU is against the peak of the dtype it multiplies in: bf16 for hfmini with
+    # mixed precision, fp32 for the plain loop.
+    device, precision = run.accelerator.device, run.accelerator.mixed_precision
+    fp32_peak = measure_peak_flops(device, torch.float32, seconds=1.0)
+    peak = (
+        measure_peak_flops(device, torch.bfloat16, seconds=1.0)
+        if precision == "bf16"
+        else fp32_peak
+    )
     per_token = flops_per_token(run.accelerator.unwrap_model(run.model))
     run.accelerator.end_training()
     return {
@@ -106,14 +117,17 @@ def bench_training(recipe: str, rounds: int, steps_per_round: int, work_dir: Pat
         "parameters": sum(p.numel() for p in plain_model.parameters()),
         "batch": list(batch_shape),
         "torch_compile": config.train.compile_on(torch.cuda.is_available()),
+        "precision": precision.replace("no", "fp32"),
+        "attention": run.accelerator.unwrap_model(run.model).config._attn_implementation,
         "hfmini_tokens_per_second": rates["hfmini"],
         "plain_eager_tokens_per_second": rates["plain"],
         "speedup": rates["hfmini"] / rates["plain"],
         "hfmini_warmup_seconds": warmup,
         "flops_per_token": per_token,
         "peak_flops": peak,
+        "fp32_peak_flops": fp32_peak,
         "mfu": per_token * rates["hfmini"] / peak,
-        "plain_mfu": per_token * rates["plain"] / peak,
+        "plain_mfu": per_token * rates["plain"] / fp32_peak,
     }
 
 
@@ -130,8 +144,11 @@ class _VocabularyOnly:
 
 
 def bench_generation(recipe: str, new_tokens: int = 256, repeats: int = 5) -> dict:
-    """Greedy decoding of `new_tokens` tokens, with and without the KV cache, same model."""
+    """Greedy decoding of `new_tokens` tokens, same model: hfmini's KV-cache loop (what
+    `hfmini generate` and training samples run), transformers' `generate` (also KV cache), and
+    recomputing the whole context for each new token."""
     from hfmini.config import parse_config
+    from hfmini.generate import decode
     from hfmini.model import build_model
 
     config = parse_config(["--config", recipe])
@@ -142,31 +159,36 @@ def bench_generation(recipe: str, new_tokens: int = 256, repeats: int = 5) -> di
     model = build_model(config.model, tokenizer, context_length=prompt_len + new_tokens).eval()
     prompt = torch.randint(1, len(tokenizer), (1, prompt_len))
 
-    @torch.no_grad()
     def with_cache() -> None:
+        decode(model, prompt[0].tolist(), new_tokens)
+
+    @torch.inference_mode()
+    def transformers_generate() -> None:
         model.generate(
             prompt,
             attention_mask=torch.ones_like(prompt),
             max_new_tokens=new_tokens,
             min_new_tokens=new_tokens,
             do_sample=False,
-            use_cache=True,
             pad_token_id=tokenizer.eos_token_id,
         )
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def recompute() -> None:  # what a from-scratch implementation without a cache does
         ids = prompt
         for _ in range(new_tokens):
             logits = model(input_ids=ids, use_cache=False).logits[:, -1]
             ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
 
-    rates = _timed_rounds({"cache": with_cache, "recompute": recompute}, repeats, 1, new_tokens)
+    variants = {"cache": with_cache, "generate": transformers_generate, "recompute": recompute}
+    rates = _timed_rounds(variants, repeats, 1, new_tokens)
     return {
         "new_tokens": new_tokens,
         "kv_cache_tokens_per_second": rates["cache"],
+        "transformers_generate_tokens_per_second": rates["generate"],
         "recompute_tokens_per_second": rates["recompute"],
         "speedup": rates["cache"] / rates["recompute"],
+        "generate_speedup": rates["generate"] / rates["recompute"],
     }
 
 
@@ -234,17 +256,24 @@ def print_table(results: dict) -> None:
         (
             "training: MFU",
             f"{train['mfu']:.1%}",
-            f"plain eager {train['plain_mfu']:.1%}; peak {train['peak_flops'] / 1e9:,.0f} GFLOP/s measured",
+            f"of the {train['precision']} peak {train['peak_flops'] / 1e9:,.0f} GFLOP/s measured; "
+            f"plain eager {train['plain_mfu']:.1%} of fp32 {train['fp32_peak_flops'] / 1e9:,.0f}",
         ),
         (
             "training: first steps",
             f"{train['hfmini_warmup_seconds']:.1f} s",
-            f"torch_compile={train['torch_compile']}",
+            f"torch_compile={train['torch_compile']}, {train['precision']}, "
+            f"{train['attention']} attention",
         ),
         (
             "generation: KV cache",
             f"{gen['kv_cache_tokens_per_second']:,.0f} tokens/s",
             f"{gen['speedup']:.2f}x recompute ({gen['recompute_tokens_per_second']:,.0f} tokens/s), {gen['new_tokens']} new tokens",
+        ),
+        (
+            "generation: transformers generate",
+            f"{gen['transformers_generate_tokens_per_second']:,.0f} tokens/s",
+            f"{gen['generate_speedup']:.2f}x recompute (KV cache too, more per-token work)",
         ),
         (
             "data: tokenizer training",

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from hfmini.runtime import training_precision
 
 
 def describe_data(data_args) -> tuple[str, str, list[str]]:
@@ -84,10 +85,7 @@ def build_model_card(
         ("gradient clipping", f"{args.max_grad_norm}"),
         (
             "precision",
-            args.precision_on(
-                torch.cuda.is_available(),
-                torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-            ).replace("no", "fp32"),
+            training_precision(args).replace("no", "fp32"),
         ),
         ("seed", f"{args.seed}"),
     ]

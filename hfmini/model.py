@@ -35,13 +35,15 @@ def build_model_config(model_args, tokenizer, context_length: int):
     )
 
 
-def build_model(model_args, tokenizer, context_length: int):
-    """A freshly initialised GPT2LMHeadModel (GPT-2's init, tied input/output embeddings)."""
+def build_model(model_args, tokenizer, context_length: int, attn_implementation: str = "sdpa"):
+    """A freshly initialised GPT2LMHeadModel (GPT-2's init, tied input/output embeddings).
+
+    sdpa is PyTorch's fused attention kernel; `hfmini.runtime.attention_for` says when to differ.
+    """
     from transformers import GPT2LMHeadModel
 
     config = build_model_config(model_args, tokenizer, context_length)
-    # sdpa: PyTorch's fused attention kernel, on CPU and GPU alike.
-    return GPT2LMHeadModel._from_config(config, attn_implementation="sdpa")
+    return GPT2LMHeadModel._from_config(config, attn_implementation=attn_implementation)
 
 
 def count_parameters(model) -> int:

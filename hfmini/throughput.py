@@ -31,15 +31,17 @@ def measure_peak_flops(
     return 2 * size**3 * runs / elapsed
 
 
-def peak_flops(device: torch.device) -> float:
-    """The data-sheet bf16 peak for known GPUs, else a measured fp32 matmul peak."""
+def peak_flops(device: torch.device, precision: str = "no") -> float:
+    """The MFU denominator: the data-sheet bf16 peak for known GPUs, else the measured matmul
+    peak in the dtype training multiplies in (bf16 for mixed precision "bf16", else fp32)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, value in KNOWN_GPU_PEAKS.items():
             if key in name:
                 return value
         return measure_peak_flops(device, torch.bfloat16, size=4096)
-    return measure_peak_flops(device)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    return measure_peak_flops(device, dtype)
 
 
 def mfu(flops_per_token: float, tokens_per_second: float, peak: float) -> float:

@@ -31,7 +31,12 @@ from hfmini.errors import HfminiError
 from hfmini.export import save_model
 from hfmini.interrupt import StopRequest
 from hfmini.optim import build_optimizer, build_scheduler
-from hfmini.runtime import configure_logging, make_accelerator, use_all_cpu_cores
+from hfmini.runtime import (
+    attention_for,
+    configure_logging,
+    make_accelerator,
+    use_all_cpu_cores,
+)
 
 logger = logging.getLogger("hfmini")
 
@@ -123,7 +128,13 @@ def setup(config: Config) -> Run:
     with accelerator.main_process_first():
         data, tokenizer = prepare_data(config.data, _load_tokenizer_for(config, resume_path))
 
-    model = build_model(config.model, tokenizer, config.context_length())
+    precision = accelerator.mixed_precision
+    model = build_model(
+        config.model,
+        tokenizer,
+        config.context_length(),
+        attn_implementation=attention_for(accelerator.device, precision),
+    )
     if args.gradient_checkpointing:
         # transformers 5 renamed it; keep working on both names.
         enable = getattr(model, "activation_checkpointing_enable", None)
@@ -167,7 +178,7 @@ def setup(config: Config) -> Run:
         total_steps=total_steps,
         tokens_per_step=tokens_per_step,
         flops_per_token=flops_per_token(raw_model),
-        peak_flops=peak_flops(accelerator.device),
+        peak_flops=peak_flops(accelerator.device, precision),
     )
     if resume_path is not None:
         run.state = load_checkpoint(accelerator, resume_path, scheduler)
@@ -394,20 +405,24 @@ def log_training(run: Run, progress) -> None:
     run.interval_start, run.interval_tokens = time.perf_counter(), 0
 
 
-def _inference_model(run: Run):
-    """The model for evaluation and sampling.
+def _inference_model(run: Run, final: bool = False):
+    """The model for evaluation and sampling, and whether the main process may use it alone.
 
     Sharded models (FSDP, DeepSpeed) must run through their wrapper on every process; otherwise
     the plain module, which avoids recompiling a compiled model for the ragged final block.
+    Evaluations during training run as the model trains (under bf16 autocast with mixed
+    precision, which is faster); the final one drops accelerate's autocast wrapper for good, so
+    its figures are those of the fp32 weights as exported.
     """
     from accelerate.utils import DistributedType
 
     sharded = run.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-    return (
-        (run.model, False)
-        if sharded
-        else (run.accelerator.unwrap_model(run.model, keep_torch_compile=False), True)
+    if sharded:
+        return run.model, False
+    plain = run.accelerator.unwrap_model(
+        run.model, keep_fp32_wrapper=not final, keep_torch_compile=False
     )
+    return plain, True
 
 
 def evaluate(run: Run, final: bool) -> dict:
@@ -418,7 +433,7 @@ def evaluate(run: Run, final: bool) -> dict:
 
     acc, args = run.accelerator, run.config.train
     started = time.perf_counter()
-    model, can_sample_alone = _inference_model(run)
+    model, can_sample_alone = _inference_model(run, final)
     metrics = evaluate_stream(
         model,
         run.data.eval_tokens,

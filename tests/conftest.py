@@ -23,6 +23,20 @@ TINY_RECIPE = REPO / "recipes" / "tiny" / "config.yaml"
 BIN = Path(sys.executable).parent
 
 
+def reset_accelerate() -> None:
+    """Forget accelerate's process-wide state, as a fresh process would: its precision is fixed
+    by the first Accelerator of a process, and tests train with several in one."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    yield
+    reset_accelerate()
+
+
 @pytest.fixture
 def tiny_args(tmp_path):
     """Command-line arguments for a seconds-long run on the built-in corpus into tmp_path/out."""

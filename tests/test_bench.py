@@ -8,7 +8,7 @@ import sys
 import torch
 from conftest import REPO, TINY_RECIPE
 
-from hfmini.runtime import use_all_cpu_cores
+from hfmini.runtime import attention_for, use_all_cpu_cores
 
 
 def test_bench_runs_and_reports_ratios(tmp_path):
@@ -42,6 +42,11 @@ def test_bench_runs_and_reports_ratios(tmp_path):
         == train["hfmini_tokens_per_second"] / train["plain_eager_tokens_per_second"]
     )
     assert 0 < train["mfu"] < 1.5
+    # The plain loop's sdpa model must not switch hfmini's model off its own attention (they
+    # once shared a config object, which made hfmini's bf16 CPU step run sdpa).
+    expected = attention_for(torch.device("cpu"), train["precision"].replace("fp32", "no"))
+    assert train["attention"] == expected
+    assert gen["generate_speedup"] > 0
     assert gen["new_tokens"] == 256 and gen["speedup"] > 0
     assert data["cached_prepare_seconds"] < data["cold_prepare_seconds"]
     assert "training: hfmini loop" in result.stdout and "x plain eager" in result.stdout

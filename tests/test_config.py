@@ -40,10 +40,19 @@ def test_yaml_booleans_and_nulls(tmp_path):
     recipe.write_text("torch_compile: true\nn_layer: null\nmax_eval_samples: null\n")
     config = parse_config(["--config", str(recipe)])
     assert config.train.torch_compile == "true" and config.train.compile_on(on_gpu=False)
-    assert not parse_config([]).train.compile_on(on_gpu=False)  # auto: off on CPU
     assert parse_config([]).train.compile_on(on_gpu=True)  # auto: on with CUDA
-    assert parse_config([]).train.precision_on(on_gpu=True, bf16_supported=True) == "bf16"
-    assert parse_config([]).train.precision_on(on_gpu=False, bf16_supported=True) == "no"
+    # auto on a CPU: only for runs long enough to earn back the warm-up
+    assert not parse_config(["--max_steps", "999"]).train.compile_on(on_gpu=False)
+    assert parse_config(["--max_steps", "1000"]).train.compile_on(on_gpu=False)
+    assert not parse_config(["--max_steps", "-1"]).train.compile_on(on_gpu=False)
+    assert not parse_config(["--torch_compile", "false"]).train.compile_on(on_gpu=True)
+    auto = parse_config([]).train
+    assert auto.precision_on(on_gpu=True, bf16_native=True) == "bf16"
+    assert auto.precision_on(on_gpu=False, bf16_native=True) == "bf16"  # AVX512-BF16/AMX CPU
+    assert auto.precision_on(on_gpu=False, bf16_native=False) == "no"
+    fp16 = parse_config(["--mixed_precision", "fp16"]).train
+    assert fp16.precision_on(on_gpu=False, bf16_native=True) == "no"
+    assert fp16.precision_on(on_gpu=True, bf16_native=True) == "fp16"
     assert config.model.n_layer is None
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BIN, REPO, TINY_RECIPE
+from conftest import BIN, REPO, TINY_RECIPE, reset_accelerate
 from safetensors.torch import load_file
 
 from hfmini.config import parse_config
@@ -39,7 +39,7 @@ def max_diff(a, b):
 def test_torchrun_two_cpu_processes_form_one_data_parallel_job(tmp_path):
     """2 processes × 4 blocks must equal 1 process × 8 blocks: each rank gets different blocks
     and gradients are averaged. Independent copies (the Accelerator(cpu=False) bug) would each
-    train on 4 blocks and differ."""
+    train on 4 blocks and differ. In fp32: bf16 rounds differently when the batch is split."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     two = subprocess.run(
         [
@@ -49,6 +49,8 @@ def test_torchrun_two_cpu_processes_form_one_data_parallel_job(tmp_path):
             "2",
             "recipes/train.py",
             *COMMON,
+            "--mixed_precision",
+            "no",
             "--per_device_train_batch_size",
             "4",
             "--output_dir",
@@ -66,7 +68,15 @@ def test_torchrun_two_cpu_processes_form_one_data_parallel_job(tmp_path):
     assert two.stderr.count("model saved to") == 1  # only the main process writes and logs
     run_training(
         parse_config(
-            [*COMMON, "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "one")]
+            [
+                *COMMON,
+                "--mixed_precision",
+                "no",
+                "--per_device_train_batch_size",
+                "8",
+                "--output_dir",
+                str(tmp_path / "one"),
+            ]
         )
     )
     train_two = [r for r in rows(tmp_path / "two") if "train/loss" in r]
@@ -97,13 +107,61 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path):
     assert max_diff(tmp_path / "plain", tmp_path / "ckpt") < 1e-5
 
 
-def test_mixed_precision_on_cpu_trains_in_fp32(tmp_path, caplog):
+def test_bf16_on_cpu_trains_under_autocast_and_reports_the_fp32_export(tmp_path, capsys):
+    """bf16 mixed precision on a CPU: the losses are those of autocast (not fp32), the saved
+    weights are fp32, and the final figures are those `hfmini eval` gets from the export."""
+    from transformers import AutoModelForCausalLM
+
+    from hfmini.cli import main as cli_main
+
+    bf16, fp32 = tmp_path / "bf16", tmp_path / "fp32"
+    run_training(parse_config([*COMMON, "--output_dir", str(bf16), "--mixed_precision", "bf16"]))
+    reset_accelerate()
+    run_training(parse_config([*COMMON, "--output_dir", str(fp32), "--mixed_precision", "no"]))
+    bf16_losses = [r["train/loss"] for r in rows(bf16) if "train/loss" in r]
+    fp32_losses = [r["train/loss"] for r in rows(fp32) if "train/loss" in r]
+    assert bf16_losses != fp32_losses  # autocast really ran
+    assert bf16_losses == pytest.approx(fp32_losses, rel=0.02)  # and trained the same model
+    weights = load_file(bf16 / "model.safetensors")
+    assert {str(w.dtype) for w in weights.values()} == {"torch.float32"}
+    # The eager attention used for bf16 CPU training is not recorded: the export loads as sdpa.
+    assert AutoModelForCausalLM.from_pretrained(bf16).config._attn_implementation == "sdpa"
+
+    reported = json.loads((bf16 / "eval_results.json").read_text())
+    capsys.readouterr()
+    assert cli_main(["eval", str(bf16), "--batch_size", "32"]) == 0
+    rescored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert reported["bits_per_byte"] == pytest.approx(rescored["bits_per_byte"], rel=1e-5)
+
+
+def test_fp16_on_cpu_warns_and_trains_in_fp32(tmp_path, caplog):
     run_training(
-        parse_config([*COMMON, "--output_dir", str(tmp_path / "bf16"), "--mixed_precision", "bf16"])
+        parse_config([*COMMON, "--output_dir", str(tmp_path / "fp16"), "--mixed_precision", "fp16"])
     )
     assert "needs a GPU: training in fp32" in caplog.text
-    weights = load_file(tmp_path / "bf16" / "model.safetensors")
+    weights = load_file(tmp_path / "fp16" / "model.safetensors")
     assert {str(w.dtype) for w in weights.values()} == {"torch.float32"}
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    from hfmini.runtime import cpu_has_native_bf16
+
+    with_bf16, without = tmp_path / "with", tmp_path / "without"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx2\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx2\n")
+    assert cpu_has_native_bf16(str(with_bf16))
+    assert not cpu_has_native_bf16(str(without))
+    assert not cpu_has_native_bf16(str(tmp_path / "missing"))
+
+
+def test_attention_is_eager_only_for_bf16_on_cpu():
+    import torch
+
+    from hfmini.runtime import attention_for
+
+    assert attention_for(torch.device("cpu"), "bf16") == "eager"
+    assert attention_for(torch.device("cpu"), "no") == "sdpa"
+    assert attention_for(torch.device("cuda"), "bf16") == "sdpa"
 
 
 def test_torch_compile_trains_like_eager(tmp_path):

@@ -3,7 +3,7 @@ import torch
 
 from hfmini.config import ModelArguments
 from hfmini.errors import HfminiError
-from hfmini.generate import generate_text
+from hfmini.generate import decode, generate_text, sampling_warpers
 from hfmini.model import build_model
 from hfmini.tokenizer import train_tokenizer
 
@@ -38,6 +38,55 @@ def test_greedy_is_deterministic_and_seeded_sampling_repeats(model_and_tokenizer
     a = generate_text(model, tokenizer, "soft", 10, temperature=1.0, seed=3)
     b = generate_text(model, tokenizer, "soft", 10, temperature=1.0, seed=3)
     assert a == b
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        {"do_sample": False},
+        {"do_sample": True, "temperature": 0.8, "top_k": 50, "top_p": 0.95},
+        {"do_sample": True, "temperature": 1.3, "top_k": 0, "top_p": 1.0},
+    ],
+    ids=["greedy", "temperature-top_k-top_p", "temperature-only"],
+)
+def test_decode_picks_the_tokens_transformers_generate_picks(sampling):
+    """The KV-cache loop must equal `model.generate` token for token, sampling included (same
+    warpers, same seed, one multinomial draw per token)."""
+    tokenizer = train_tokenizer(iter(["ROMEO: soft, what light\n"] * 30), 300, 16)
+    torch.manual_seed(0)
+    model = build_model(ModelArguments(model_size="nano"), tokenizer, context_length=96).eval()
+    prompt = tokenizer("ROMEO: soft", add_special_tokens=False)["input_ids"]
+    new_tokens = 80
+    torch.manual_seed(7)
+    expected = model.generate(
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        max_new_tokens=new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=None,  # the loop below is told of no EOS either: compare all 80 tokens
+        **sampling,
+    )[0, len(prompt) :].tolist()
+    warpers = sampling_warpers(
+        sampling.get("temperature", 0.0) if sampling["do_sample"] else 0.0,
+        sampling.get("top_k"),
+        sampling.get("top_p"),
+    )
+    torch.manual_seed(7)
+    got = decode(model, prompt, new_tokens, warpers, sample=sampling["do_sample"])
+    assert len(got) == new_tokens
+    assert got == expected
+
+
+def test_decode_stops_after_eos():
+    tokenizer = train_tokenizer(iter(["ROMEO: soft, what light\n"] * 30), 300, 16)
+    torch.manual_seed(0)
+    model = build_model(ModelArguments(model_size="nano"), tokenizer, context_length=32).eval()
+    with torch.no_grad():  # make EOS the certain next token
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[tokenizer.eos_token_id] = 1.0
+    streamed = []
+    got = decode(model, [5, 6], 10, eos_token_id=tokenizer.eos_token_id, on_token=streamed.append)
+    assert got == streamed == [tokenizer.eos_token_id]
 
 
 def test_long_prompt_keeps_recent_tokens(model_and_tokenizer, caplog):
