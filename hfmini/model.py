@@ -43,7 +43,12 @@ def build_model(model_args, tokenizer, context_length: int, attn_implementation:
     from transformers import GPT2LMHeadModel
 
     config = build_model_config(model_args, tokenizer, context_length)
-    return GPT2LMHeadModel._from_config(config, attn_implementation=attn_implementation)
+    model = GPT2LMHeadModel._from_config(config, attn_implementation=attn_implementation)
+    # transformers infers the loss from the class name, which for GPT2LMHeadModel names none, so
+    # every forward with labels logs a warning; under torch.compile that call also split each
+    # step's graph in pieces (6 graph breaks). It is the causal-LM loss either way.
+    model.loss_type = "ForCausalLM"
+    return model
 
 
 def count_parameters(model) -> int:

@@ -25,6 +25,21 @@ def test_model_matches_tokenizer_and_context(tokenizer):
     assert abs(out.loss.item() - torch.log(torch.tensor(float(len(tokenizer)))).item()) < 0.5
 
 
+def test_loss_is_named_so_compile_sees_no_warning_call(tokenizer):
+    """The causal-LM loss is set, not inferred with a warning (a graph break under compile)."""
+    from transformers.loss.loss_utils import LOSS_MAPPING
+
+    model = build_model(ModelArguments(model_size="nano"), tokenizer, context_length=16)
+    assert model.loss_type == "ForCausalLM"
+    assert model.loss_function is LOSS_MAPPING["ForCausalLM"]
+    ids = torch.randint(0, len(tokenizer), (2, 16))
+    logits = model(input_ids=ids).logits
+    expected = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1)
+    )
+    assert model(input_ids=ids, labels=ids).loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_gpt2_small_preset_is_124m_shape():
     assert MODEL_PRESETS["gpt2-small"] == {"n_layer": 12, "n_head": 12, "n_embd": 768}
 
