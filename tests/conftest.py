@@ -37,6 +37,20 @@ def fresh_accelerate_state():
     reset_accelerate()
 
 
+def short_run_args(output_dir: Path, max_steps: int = 4) -> list[str]:
+    """A few steps into `output_dir`, no evaluation before the final one, 4-token samples."""
+    return [
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        str(max_steps),
+        "--eval_steps",
+        "0",
+        "--sample_max_new_tokens",
+        "4",
+    ]
+
+
 @pytest.fixture
 def tiny_args(tmp_path):
     """Command-line arguments for a seconds-long run on the built-in corpus into tmp_path/out."""

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RECIPE, write_lines
+from conftest import TINY_RECIPE, short_run_args, write_lines
 
 from hfmini import cli
 from hfmini import train as train_module
@@ -35,18 +35,7 @@ def cli_error(capsys, *argv) -> str:
 
 @pytest.fixture
 def quick(tmp_path):
-    return [
-        "--output_dir",
-        str(tmp_path / "out"),
-        "--max_steps",
-        "4",
-        "--eval_steps",
-        "0",
-        "--sample_max_new_tokens",
-        "4",
-        "--save_steps",
-        "2",
-    ]
+    return [*short_run_args(tmp_path / "out"), "--save_steps", "2"]
 
 
 # --- configuration --------------------------------------------------------------------------

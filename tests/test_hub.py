@@ -3,6 +3,7 @@
 import os
 
 import pytest
+from conftest import short_run_args
 from huggingface_hub.utils import filter_repo_objects
 
 from hfmini import hub
@@ -54,14 +55,7 @@ def push_args(tmp_path, *extra):
     return [
         "--config",
         "recipes/tiny/config.yaml",
-        "--output_dir",
-        str(tmp_path / "out"),
-        "--max_steps",
-        "4",
-        "--eval_steps",
-        "0",
-        "--sample_max_new_tokens",
-        "4",
+        *short_run_args(tmp_path / "out"),
         "--push_to_hub",
         "true",
         "--hub_model_id",
