@@ -507,6 +507,13 @@ def save(run: Run) -> Path:
     return path
 
 
+def _without_compile(model):
+    """The module torch.compile wrapped (DDP, FSDP or the model itself), or `model` if none."""
+    from accelerate.utils import is_compiled_module
+
+    return model._orig_mod if is_compiled_module(model) else model
+
+
 def finish(run: Run) -> dict:
     """Final evaluation on the whole validation split, the exported Hub folder with its model
     card and `evaluate` results, and the upload when push_to_hub is set."""
@@ -517,7 +524,9 @@ def finish(run: Run) -> dict:
     metrics = evaluate(run, final=True)
     acc, args = run.accelerator, run.config.train
     # Gathers the full weights on every process when sharded (FSDP/DeepSpeed); a no-op copy else.
-    state_dict = acc.get_state_dict(run.model)
+    # Without torch.compile's wrapper, whose keys would all start with "_orig_mod." and load as
+    # missing weights in from_pretrained.
+    state_dict = acc.get_state_dict(_without_compile(run.model))
     if acc.is_main_process:
         model = acc.unwrap_model(run.model, keep_torch_compile=False)
         results = {

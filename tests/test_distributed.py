@@ -164,7 +164,9 @@ def test_attention_is_eager_only_for_bf16_on_cpu():
     assert attention_for(torch.device("cuda"), "bf16") == "sdpa"
 
 
-def test_torch_compile_trains_like_eager(tmp_path):
+def test_torch_compile_trains_like_eager_and_exports_a_plain_model(tmp_path, capsys):
+    from hfmini.cli import main as cli_main
+
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
     args = [*COMMON, "--max_steps", "4", "--logging_steps", "1"]
     run_training(parse_config([*args, "--output_dir", str(eager)]))
@@ -187,3 +189,14 @@ def test_torch_compile_trains_like_eager(tmp_path):
     loss_eager = [r["train/loss"] for r in rows(eager) if "train/loss" in r]
     loss_compiled = [r["train/loss"] for r in rows(compiled) if "train/loss" in r]
     assert loss_compiled == pytest.approx(loss_eager, rel=1e-3)
+    # The export is a plain model: the same weight names as eager (no "_orig_mod." prefix), so
+    # from_pretrained loads every weight and scores what training reported.
+    assert set(load_file(compiled / "model.safetensors")) == set(
+        load_file(eager / "model.safetensors")
+    )
+    assert max_diff(compiled, eager) < 1e-2
+    reported = json.loads((compiled / "eval_results.json").read_text())
+    capsys.readouterr()
+    assert cli_main(["eval", str(compiled), "--batch_size", "32"]) == 0
+    rescored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert reported["bits_per_byte"] == pytest.approx(rescored["bits_per_byte"], rel=1e-5)
