@@ -164,7 +164,9 @@ class TrainArguments:
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
     adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip gradients to this norm."})
+    max_grad_norm: float = field(
+        default=1.0, metadata={"help": "Clip gradients to this norm; 0: no clipping."}
+    )
     lr_scheduler_type: str = field(
         default="cosine",
         metadata={"help": "Any transformers scheduler name (cosine, linear, ...)."},

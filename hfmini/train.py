@@ -309,7 +309,9 @@ def training_step(run: Run, input_ids: torch.Tensor) -> bool:
         run.loss_sum += loss.detach()
         run.state.batches_since_log += 1
         if acc.sync_gradients:
-            run.last_grad_norm = acc.clip_grad_norm_(run.model.parameters(), args.max_grad_norm)
+            # An infinite bound measures the norm (for the log) without clipping.
+            max_norm = args.max_grad_norm or float("inf")
+            run.last_grad_norm = acc.clip_grad_norm_(run.model.parameters(), max_norm)
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
     if not acc.sync_gradients:

@@ -91,3 +91,22 @@ def test_output_dir_that_is_a_file(tiny_args, tmp_path):
     with pytest.raises(HfminiError, match="is a file"):
         run_training(parse_config(tiny_args))
     assert (tmp_path / "out").read_text() == "precious"
+
+
+def test_max_grad_norm_zero_means_no_clipping(tiny_args, tmp_path):
+    """As in transformers' Trainer: 0 turns clipping off (it used to scale every update to ~0)."""
+    from safetensors.torch import load_file
+
+    def final_weights(name, max_grad_norm):
+        out = tmp_path / name
+        args = tiny_args + ["--output_dir", str(out), "--max_grad_norm", max_grad_norm]
+        run_training(parse_config(args))
+        norms = [r["train/grad_norm"] for r in read_rows(out) if "train/grad_norm" in r]
+        return load_file(out / "model.safetensors"), norms
+
+    off, off_norms = final_weights("off", "0")
+    unbounded, _ = final_weights("unbounded", "1e9")
+    tight, _ = final_weights("tight", "1e-4")
+    assert all(norm > 0 for norm in off_norms)  # still measured for the log
+    assert all((off[k] - unbounded[k]).abs().max() < 1e-6 for k in off)
+    assert max((off[k] - tight[k]).abs().max() for k in off) > 1e-3
