@@ -82,7 +82,11 @@ def build_model_card(
         ),
         ("optimizer steps", f"{results['step']:,}"),
         ("tokens seen", f"{results['tokens_seen']:,}"),
-        ("gradient clipping", f"{args.max_grad_norm}"),
+        ("gradient clipping", f"{args.max_grad_norm}" if args.max_grad_norm else "none"),
+        (
+            "exported weights",
+            f"moving average, decay {args.ema_decay}" if args.ema_decay else "the last step's",
+        ),
         (
             "precision",
             training_precision(args).replace("no", "fp32"),

@@ -161,8 +161,10 @@ def save_checkpoint(
     scheduler,
     tokenizer,
     save_total_limit: int | None,
+    ema=None,
 ) -> Path:
     """Write step-N atomically on all processes (each saves its own RNG state); main renames.
+    `ema` (hfmini.ema.WeightAverage), when given, is saved with it.
 
     Cost: a full copy of model + optimizer state (about 3× the weights in fp32) to disk.
     """
@@ -181,6 +183,8 @@ def save_checkpoint(
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             tokenizer.save_pretrained(tmp / "tokenizer")
             (tmp / STATE_FILE).write_text(state.to_json())
+            if ema is not None:
+                ema.save(tmp)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             shutil.rmtree(final, ignore_errors=True)

@@ -167,6 +167,13 @@ class TrainArguments:
     max_grad_norm: float = field(
         default=1.0, metadata={"help": "Clip gradients to this norm; 0: no clipping."}
     )
+    ema_decay: float = field(
+        default=0.0,
+        metadata={
+            "help": "Keep an exponential moving average of the weights with this decay and "
+            "export it instead of the last weights; 0: off."
+        },
+    )
     lr_scheduler_type: str = field(
         default="cosine",
         metadata={"help": "Any transformers scheduler name (cosine, linear, ...)."},
@@ -234,6 +241,8 @@ class TrainArguments:
         for name in ("warmup_steps", "eval_steps", "save_steps", "weight_decay", "max_grad_norm"):
             if getattr(self, name) < 0:
                 raise HfminiError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise HfminiError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise HfminiError(
                 f"max_steps must be positive (or -1 to use num_train_epochs), got {self.max_steps}"

@@ -27,6 +27,7 @@ from hfmini.checkpoint import (
     save_checkpoint,
 )
 from hfmini.config import Config, parse_config
+from hfmini.ema import WeightAverage
 from hfmini.errors import HfminiError
 from hfmini.export import save_model
 from hfmini.interrupt import StopRequest
@@ -67,6 +68,7 @@ class Run:
     interval_start: float = 0.0
     interval_tokens: int = 0
     last_samples: list = field(default_factory=list)  # (prompt, text) from the latest evaluation
+    ema: WeightAverage | None = None  # when ema_decay > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,6 +187,7 @@ def setup(config: Config) -> Run:
         if accelerator.is_main_process:
             truncate_metrics_after(output_dir, run.state.step)
         logger.info("resumed from %s at step %d", resume_path, run.state.step)
+    run.ema = _weight_average(run, resume_path)
     device = accelerator.device
     run.loss_sum = torch.tensor(run.state.loss_since_log, device=device)
     run.first_bad_step = torch.tensor(-1, device=device)
@@ -194,6 +197,24 @@ def setup(config: Config) -> Run:
     _log_start(run, n_params)
     _log_tracking(run)
     return run
+
+
+def _weight_average(run: Run, resume_path: Path | None) -> WeightAverage | None:
+    """The moving average of the weights when ema_decay is set, restored when resuming."""
+    from accelerate.utils import DistributedType
+
+    acc, args = run.accelerator, run.config.train
+    if not args.ema_decay:
+        return None
+    if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise HfminiError(
+            "ema_decay needs the whole model on every process, which FSDP and DeepSpeed shard: "
+            "set ema_decay 0 or train with DDP"
+        )
+    ema = WeightAverage(acc.unwrap_model(run.model, keep_torch_compile=False), args.ema_decay)
+    if resume_path is not None and not ema.load(resume_path):
+        logger.warning("%s holds no weight average: starting one from its weights", resume_path)
+    return ema
 
 
 def _tracker_init_kwargs(args) -> dict:
@@ -317,6 +338,8 @@ def training_step(run: Run, input_ids: torch.Tensor) -> bool:
     if not acc.sync_gradients:
         return False
     run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update()
     run.state.step += 1
     run.state.tokens_seen += run.tokens_per_step
     run.interval_tokens += run.tokens_per_step
@@ -498,6 +521,7 @@ def save(run: Run) -> Path:
         run.scheduler,
         run.tokenizer,
         run.config.train.save_total_limit,
+        run.ema,
     )
     logger.info("checkpoint saved: %s", path)
     args = run.config.train
@@ -523,6 +547,10 @@ def finish(run: Run) -> dict:
 
     from hfmini.card import write_model_card
 
+    if run.ema is not None:
+        # Training is over: the average takes the weights' place for the evaluation and export.
+        run.ema.copy_to_model()
+        logger.info("final weights: the moving average (decay %s)", run.config.train.ema_decay)
     metrics = evaluate(run, final=True)
     acc, args = run.accelerator, run.config.train
     # Gathers the full weights on every process when sharded (FSDP/DeepSpeed); a no-op copy else.

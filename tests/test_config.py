@@ -69,6 +69,7 @@ def test_yaml_booleans_and_nulls(tmp_path):
         (["--per_device_train_batch_size", "0"], "must be positive"),
         (["--model_size", "huge"], "unknown model_size"),
         (["--report_to", "mlflow"], "unknown report_to"),
+        (["--ema_decay", "1"], r"ema_decay must be in \[0, 1\)"),
     ],
 )
 def test_bad_values_are_one_line_errors(argv, message):

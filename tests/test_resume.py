@@ -127,6 +127,18 @@ def test_existing_checkpoints_need_resume_or_overwrite(small_data_args, tmp_path
     assert (out / "checkpoints" / "step-3" / "trainer_state.json").read_text() == "{}"
 
 
+def test_resume_restores_the_weight_average(small_data_args, tmp_path):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run_training(parse_config(small_data_args(full, "--ema_decay", "0.8", "--save_steps", "4")))
+    assert (full / "checkpoints" / "step-4" / "ema.safetensors").is_file()
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step-4", resumed / "checkpoints" / "step-4")
+    args = small_data_args(resumed, "--ema_decay", "0.8", "--resume_from_checkpoint", "latest")
+    run_training(parse_config(args))
+    # The export is the average over all 10 steps, so a restarted average would differ.
+    assert max_weight_diff(full, resumed) < 1e-5
+
+
 def test_non_finite_loss_stops_with_the_step(small_data_args, tmp_path):
     out = tmp_path / "o"
     args = small_data_args(

@@ -1,0 +1,73 @@
+"""An exponential moving average (EMA) of the weights, exported in their place at the end.
+
+    average ← average + (1 - decay_t) · (weights - average)    after every optimizer step t,
+    decay_t = min(decay, (1 + t) / (10 + t))
+
+The ramp on decay_t (as in timm's ModelEmaV2) lets the average follow the weights closely in the
+first steps instead of keeping the random initialisation for ~1/(1 - decay) steps.
+
+Why: on the default recipe the average with decay 0.995 (a half-life of ~140 steps) scored
+0.002-0.004 bits per byte below the final weights in each of four paired runs; the weights move
+less than the noise of one step only once the learning rate has decayed.
+Cost: one fp32 copy of the weights, and one fused lerp over them per optimizer step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+FILE_NAME = "ema.safetensors"
+
+
+class WeightAverage:
+    """The EMA of a model's trainable parameters, kept on their device in fp32.
+
+    `model` is the plain module (no DDP or torch.compile wrapper), so that the names are those
+    of the exported checkpoint; the optimizer updates its parameters in place, so references
+    taken here stay valid for the whole run.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.updates = 0
+        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        self.names = [name for name, _ in named]
+        self.params = [p for _, p in named]
+        self.average = [p.detach().float().clone() for p in self.params]
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Fold in the weights after an optimizer step. No host synchronisation."""
+        self.updates += 1
+        weights = [p.detach().float() for p in self.params]
+        torch._foreach_lerp_(self.average, weights, 1.0 - self.current_decay())
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        """Overwrite the model's parameters with the average (at the end of training)."""
+        for param, average in zip(self.params, self.average, strict=True):
+            param.copy_(average)
+
+    def save(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {name: t.contiguous() for name, t in zip(self.names, self.average, strict=True)}
+        save_file(tensors, str(Path(folder) / FILE_NAME), metadata={"updates": str(self.updates)})
+
+    def load(self, folder: Path) -> bool:
+        """Restore from a checkpoint folder; False if it holds no average (made without EMA)."""
+        from safetensors import safe_open
+
+        path = Path(folder) / FILE_NAME
+        if not path.is_file():
+            return False
+        with safe_open(str(path), framework="pt", device="cpu") as saved:
+            self.updates = int(saved.metadata()["updates"])
+            for name, average in zip(self.names, self.average, strict=True):
+                average.copy_(saved.get_tensor(name))
+        return True
