@@ -2,8 +2,8 @@
 
 Decoding is a short loop over the model's forward with its KV cache and transformers' own
 logits warpers (temperature, top-k, top-p), so it picks the same tokens as `model.generate`
-(tested). It skips `generate`'s per-token bookkeeping, which at this model size is about a
-quarter of the time of a new token on a CPU (`make bench`: 887 vs. 670 tokens/s, 1M parameters).
+(tested). It skips `generate`'s per-token bookkeeping, which at this model size took 11-25% of
+`generate`'s time per new token on a CPU (`make bench`: 657 vs. 585 and 887 vs. 670 tokens/s).
 
 A GPT-2 cannot attend past `n_positions` tokens. A prompt longer than the context keeps its most
 recent tokens (and says so); generating past the context slides a window: each round restarts from

@@ -51,6 +51,19 @@ def short_run_args(output_dir: Path, max_steps: int = 4) -> list[str]:
     ]
 
 
+def assert_eval_reproduces_report(folder: Path, capsys, *eval_args: str) -> None:
+    """`hfmini eval` on an exported folder scores the bits per byte its training run reported."""
+    import json
+
+    from hfmini.cli import main as cli_main
+
+    reported = json.loads((folder / "eval_results.json").read_text())
+    capsys.readouterr()
+    assert cli_main(["eval", str(folder), *eval_args]) == 0
+    rescored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert reported["bits_per_byte"] == pytest.approx(rescored["bits_per_byte"], rel=1e-5)
+
+
 @pytest.fixture
 def tiny_args(tmp_path):
     """Command-line arguments for a seconds-long run on the built-in corpus into tmp_path/out."""

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BIN, REPO, TINY_RECIPE, reset_accelerate
+from conftest import BIN, REPO, TINY_RECIPE, assert_eval_reproduces_report, reset_accelerate
 from safetensors.torch import load_file
 
 from hfmini.config import parse_config
@@ -112,8 +112,6 @@ def test_bf16_on_cpu_trains_under_autocast_and_reports_the_fp32_export(tmp_path,
     weights are fp32, and the final figures are those `hfmini eval` gets from the export."""
     from transformers import AutoModelForCausalLM
 
-    from hfmini.cli import main as cli_main
-
     bf16, fp32 = tmp_path / "bf16", tmp_path / "fp32"
     run_training(parse_config([*COMMON, "--output_dir", str(bf16), "--mixed_precision", "bf16"]))
     reset_accelerate()
@@ -127,11 +125,7 @@ def test_bf16_on_cpu_trains_under_autocast_and_reports_the_fp32_export(tmp_path,
     # The eager attention used for bf16 CPU training is not recorded: the export loads as sdpa.
     assert AutoModelForCausalLM.from_pretrained(bf16).config._attn_implementation == "sdpa"
 
-    reported = json.loads((bf16 / "eval_results.json").read_text())
-    capsys.readouterr()
-    assert cli_main(["eval", str(bf16), "--batch_size", "32"]) == 0
-    rescored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert reported["bits_per_byte"] == pytest.approx(rescored["bits_per_byte"], rel=1e-5)
+    assert_eval_reproduces_report(bf16, capsys, "--batch_size", "32")
 
 
 def test_fp16_on_cpu_warns_and_trains_in_fp32(tmp_path, caplog):
@@ -165,8 +159,6 @@ def test_attention_is_eager_only_for_bf16_on_cpu():
 
 
 def test_torch_compile_trains_like_eager_and_exports_a_plain_model(tmp_path, capsys):
-    from hfmini.cli import main as cli_main
-
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
     args = [*COMMON, "--max_steps", "4", "--logging_steps", "1"]
     run_training(parse_config([*args, "--output_dir", str(eager)]))
@@ -195,8 +187,4 @@ def test_torch_compile_trains_like_eager_and_exports_a_plain_model(tmp_path, cap
         load_file(eager / "model.safetensors")
     )
     assert max_diff(compiled, eager) < 1e-2
-    reported = json.loads((compiled / "eval_results.json").read_text())
-    capsys.readouterr()
-    assert cli_main(["eval", str(compiled), "--batch_size", "32"]) == 0
-    rescored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert reported["bits_per_byte"] == pytest.approx(rescored["bits_per_byte"], rel=1e-5)
+    assert_eval_reproduces_report(compiled, capsys, "--batch_size", "32")

@@ -1,10 +1,7 @@
-import json
-
-import pytest
 import torch
+from conftest import assert_eval_reproduces_report
 from safetensors.torch import load_file
 
-from hfmini.cli import main as cli_main
 from hfmini.config import parse_config
 from hfmini.ema import WeightAverage
 from hfmini.train import run_training
@@ -49,9 +46,5 @@ def test_a_run_with_ema_exports_and_scores_the_average(tiny_args, tmp_path, caps
     assert w_plain.keys() == w_avg.keys()
     assert max((w_plain[k] - w_avg[k]).abs().max().item() for k in w_plain) > 1e-4
     # The reported figures are those of the exported average.
-    reported = json.loads((averaged / "eval_results.json").read_text())
-    capsys.readouterr()
-    assert cli_main(["eval", str(averaged)]) == 0
-    rescored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert reported["bits_per_byte"] == pytest.approx(rescored["bits_per_byte"], rel=1e-5)
+    assert_eval_reproduces_report(averaged, capsys)
     assert "moving average, decay 0.5" in (averaged / "README.md").read_text()
