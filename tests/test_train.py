@@ -110,3 +110,5 @@ def test_max_grad_norm_zero_means_no_clipping(tiny_args, tmp_path):
     assert all(norm > 0 for norm in off_norms)  # still measured for the log
     assert all((off[k] - unbounded[k]).abs().max() < 1e-6 for k in off)
     assert max((off[k] - tight[k]).abs().max() for k in off) > 1e-3
+    assert "| gradient clipping | none |" in (tmp_path / "off" / "README.md").read_text()
+    assert "| gradient clipping | 0.0001 |" in (tmp_path / "tight" / "README.md").read_text()
