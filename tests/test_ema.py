@@ -1,9 +1,13 @@
+from types import SimpleNamespace
+
+import pytest
 import torch
 from conftest import assert_eval_reproduces_report
 from safetensors.torch import load_file
 
 from hfmini.config import parse_config
 from hfmini.ema import WeightAverage
+from hfmini.errors import HfminiError
 from hfmini.train import run_training
 
 
@@ -48,3 +52,18 @@ def test_a_run_with_ema_exports_and_scores_the_average(tiny_args, tmp_path, caps
     # The reported figures are those of the exported average.
     assert_eval_reproduces_report(averaged, capsys)
     assert "moving average, decay 0.5" in (averaged / "README.md").read_text()
+
+
+@pytest.mark.parametrize("sharding", ["FSDP", "DEEPSPEED"])
+def test_sharded_training_refuses_the_average_with_a_one_line_error(sharding):
+    from accelerate.utils import DistributedType
+
+    from hfmini.train import _weight_average
+
+    accelerator = SimpleNamespace(distributed_type=getattr(DistributedType, sharding))
+    config = parse_config(["--ema_decay", "0.99"])
+    run = SimpleNamespace(accelerator=accelerator, config=config, model=torch.nn.Linear(2, 2))
+    with pytest.raises(HfminiError, match="set ema_decay 0 or train with DDP"):
+        _weight_average(run, resume_path=None)
+    config.train.ema_decay = 0.0
+    assert _weight_average(run, resume_path=None) is None  # off: nothing to refuse
