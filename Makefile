@@ -8,7 +8,7 @@ RECIPE ?= recipes/shakespeare/config.yaml
 # Tests and the default run never reach the Hub or W&B servers.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: install train test test-slow bench lint format clean
+.PHONY: install train test test-slow bench docs lint format clean
 
 $(BIN)/hfmini: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test-slow: install
 
 bench: install
 	$(OFFLINE) $(BIN)/python -m hfmini.bench $(ARGS)
+
+# The configuration reference, generated from the dataclasses' help (a test checks it is current).
+docs: install
+	$(BIN)/python -m hfmini.config > docs/configuration.md
 
 lint: install
 	$(BIN)/ruff format --check . && $(BIN)/ruff check .

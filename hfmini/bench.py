@@ -45,7 +45,6 @@ def bench_training(recipe: str, rounds: int, steps_per_round: int, work_dir: Pat
     from transformers import GPT2LMHeadModel
 
     from hfmini.config import parse_config
-    from hfmini.model import flops_per_token
     from hfmini.throughput import measure_peak_flops
     from hfmini.train import setup, training_step
 
@@ -81,7 +80,7 @@ def bench_training(recipe: str, rounds: int, steps_per_round: int, work_dir: Pat
         for _ in range(accumulation):
             ids = batches[position["plain"] % len(batches)]
             position["plain"] += 1
-            loss = plain_model(input_ids=ids, labels=ids).loss / accumulation
+            loss = plain_model(input_ids=ids, labels=ids, use_cache=False).loss / accumulation
             loss.backward()
         plain_optimizer.step()
         plain_optimizer.zero_grad()
@@ -110,7 +109,7 @@ def bench_training(recipe: str, rounds: int, steps_per_round: int, work_dir: Pat
         if precision == "bf16"
         else fp32_peak
     )
-    per_token = flops_per_token(run.accelerator.unwrap_model(run.model))
+    per_token = run.flops_per_token
     run.accelerator.end_training()
     return {
         "model": f"{config.model.model_size} {config.model.shape()} ctx {config.context_length()}",
@@ -197,21 +196,12 @@ def bench_data(recipe: str, work_dir: Path) -> dict:
     import datasets
 
     from hfmini.config import parse_config
-    from hfmini.data import (
-        chunk_documents,
-        flat_tokens,
-        load_raw_datasets,
-        pack,
-        prepare_data,
-        text_bytes,
-        tokenize_chunks,
-    )
-    from hfmini.tokenizer import get_tokenizer, train_tokenizer
+    from hfmini.data import chunk_and_split, prepare_data, text_bytes, tokenize_and_pack
+    from hfmini.sources import load_sources
+    from hfmini.tokenizer import train_tokenizer
 
     config = parse_config(["--config", recipe])
-    data_args = config.data
-    raw = load_raw_datasets(data_args)
-    chunks = chunk_documents(raw, data_args.text_column, data_args.preprocessing_num_workers)
+    chunks = chunk_and_split(load_sources(config.data), config.data)
     megabytes = text_bytes(chunks["train"]) / 1e6
 
     start = time.perf_counter()
@@ -221,20 +211,16 @@ def bench_data(recipe: str, work_dir: Path) -> dict:
     datasets.disable_caching()  # measure real tokenization, not a cache read
     try:
         start = time.perf_counter()
-        tokenized = tokenize_chunks(chunks, tokenizer, data_args.preprocessing_num_workers)
-        pack(flat_tokens(tokenized["train"]), data_args.block_size, "train")
+        tokenize_and_pack(chunks, tokenizer, config.data)
         tokenize_seconds = time.perf_counter() - start
     finally:
         datasets.enable_caching()
 
-    def factory(train_chunks):
-        return get_tokenizer(None, train_chunks, "text", config.model.vocab_size, 1024)
-
     start = time.perf_counter()
-    prepare_data(data_args, factory)
+    prepare_data(config)
     cold_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    prepare_data(data_args, factory)
+    prepare_data(config)
     cached_seconds = time.perf_counter() - start
     return {
         "train_megabytes": megabytes,

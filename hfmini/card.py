@@ -10,8 +10,6 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from hfmini.runtime import training_precision
-
 
 def describe_data(data_args) -> tuple[str, str, list[str]]:
     """(dataset name, human description, Hub dataset ids) of the training data."""
@@ -32,8 +30,15 @@ def describe_data(data_args) -> tuple[str, str, list[str]]:
 
 
 def build_model_card(
-    config, results: dict, samples: list[tuple[str, str]], num_processes: int, model_config
+    config,
+    results: dict,
+    samples: list[tuple[str, str]],
+    num_processes: int,
+    model_config,
+    precision: str,
 ) -> ModelCard:
+    """The card of a finished run; `precision` is the mixed precision it trained in ("no", "bf16",
+    "fp16"), as the run's Accelerator used it."""
     data_name, data_text, hub_datasets = describe_data(config.data)
     args = config.train
     repo = args.hub_model_id or args.output_dir
@@ -87,10 +92,7 @@ def build_model_card(
             "exported weights",
             f"moving average, decay {args.ema_decay}" if args.ema_decay else "the last step's",
         ),
-        (
-            "precision",
-            training_precision(args).replace("no", "fp32"),
-        ),
+        ("precision", "fp32" if precision == "no" else f"{precision} autocast, fp32 weights"),
         ("seed", f"{args.seed}"),
     ]
     architecture = [

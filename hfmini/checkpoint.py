@@ -28,12 +28,13 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 @dataclass
 class TrainState:
-    """Where the run is. Everything needed to continue exactly, besides tensors and RNG."""
+    """Where the run is: what a checkpoint needs to continue exactly, besides tensors and RNG."""
 
     step: int = 0  # optimizer steps done
     epoch: int = 0
     batches_in_epoch: int = 0  # micro-batches of this epoch already consumed (per process)
     tokens_seen: int = 0  # over all processes
+    # The logging window at save time, so the first loss logged after a resume is exact.
     loss_since_log: float = 0.0  # sum of micro-batch losses since the last logged step
     batches_since_log: int = 0
 
@@ -146,7 +147,10 @@ def check_output_dir(args) -> Path | None:
 
 def clear_previous_run(output_dir: Path) -> None:
     """With --overwrite_output_dir: remove what hfmini wrote before, and only that."""
-    for name in ("checkpoints", "metrics.jsonl", "loss_curve.png", "eval_results.json"):
+    names = ["checkpoints", "metrics.jsonl", "loss_curve.png", "eval_results.json"]
+    # evaluate.save names its file after the time of writing: result-<date>-<time>.json.
+    names += [path.name for path in output_dir.glob("result-*.json")]
+    for name in names:
         path = output_dir / name
         if path.is_dir():
             shutil.rmtree(path)

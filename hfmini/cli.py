@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from hfmini.config import SAMPLING_DEFAULTS
 from hfmini.errors import HfminiError
 
 
@@ -28,9 +29,11 @@ def make_parser() -> argparse.ArgumentParser:
     gen.add_argument("model_dir", help="a training output_dir (or any GPT-2 style folder)")
     gen.add_argument("--prompt", default="", help="text to continue ('' starts a new document)")
     gen.add_argument("--max_new_tokens", type=int, default=200)
-    gen.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
-    gen.add_argument("--top_k", type=int, default=50)
-    gen.add_argument("--top_p", type=float, default=0.95)
+    gen.add_argument(
+        "--temperature", type=float, default=SAMPLING_DEFAULTS["temperature"], help="0: greedy"
+    )
+    gen.add_argument("--top_k", type=int, default=SAMPLING_DEFAULTS["top_k"])
+    gen.add_argument("--top_p", type=float, default=SAMPLING_DEFAULTS["top_p"])
     gen.add_argument("--seed", type=int, default=None)
 
     ev = commands.add_parser("eval", help="validation loss, perplexity and bits per byte")

@@ -25,6 +25,26 @@ MIN_VOCAB_SIZE = 256 + 1
 # torch_compile auto on a CPU: shortest run (optimizer steps) whose time saved pays the warm-up.
 COMPILE_MIN_CPU_STEPS = 1000
 
+# GPT-2 shapes; the context (n_positions) follows block_size unless set. `gpt2-small` is the
+# 124M-parameter GPT-2 of Radford et al. (2019) with its 50257-token vocabulary replaced by ours.
+MODEL_PRESETS: dict[str, dict[str, int]] = {
+    "nano": {"n_layer": 2, "n_head": 2, "n_embd": 64},
+    "micro": {"n_layer": 4, "n_head": 4, "n_embd": 128},
+    "mini": {"n_layer": 6, "n_head": 6, "n_embd": 384},
+    "gpt2-small": {"n_layer": 12, "n_head": 12, "n_embd": 768},
+}
+
+# Sampling defaults of training samples, `hfmini generate` and the exported generation_config.json
+# (what `pipeline("text-generation")` uses).
+SAMPLING_DEFAULTS: dict[str, float | int] = {"temperature": 0.8, "top_k": 50, "top_p": 0.95}
+
+
+def hfmini_cache_dir() -> Path:
+    """hfmini's own cache (built-in corpus files, trained tokenizers) under the Hugging Face cache
+    root, read from HF_HOME at call time so that a changed HF_HOME is honoured."""
+    root = os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"
+    return Path(root) / "hfmini"
+
 
 @dataclass
 class DataArguments:
@@ -108,8 +128,6 @@ class ModelArguments:
     )
 
     def __post_init__(self) -> None:
-        from hfmini.model import MODEL_PRESETS
-
         if self.model_size not in MODEL_PRESETS:
             raise HfminiError(
                 f"unknown model_size {self.model_size!r}: choose one of {', '.join(MODEL_PRESETS)}"
@@ -133,8 +151,6 @@ class ModelArguments:
 
     def shape(self) -> tuple[int, int, int]:
         """(n_layer, n_head, n_embd): the preset with any overrides applied."""
-        from hfmini.model import MODEL_PRESETS
-
         preset = MODEL_PRESETS[self.model_size]
         return (
             self.n_layer or preset["n_layer"],
@@ -282,8 +298,8 @@ class TrainArguments:
 
     def compile_on(self, on_gpu: bool) -> bool:
         """auto compiles with CUDA, and on a CPU for runs of at least COMPILE_MIN_CPU_STEPS steps:
-        on the 2-core CPU compile measured 1.2x eager tokens/s after a 10-15 s warm-up, which a
-        seconds-long run never earns back. Epoch-based runs (max_steps -1) stay eager on CPU."""
+        on a small CPU compile gains a few tens of percent in tokens/s after a warm-up of several
+        seconds, which a seconds-long run never earns back. Epoch-based runs (max_steps -1) stay eager on CPU."""
         if self.torch_compile != "auto":
             return self.torch_compile == "true"
         return on_gpu or self.max_steps >= COMPILE_MIN_CPU_STEPS
@@ -316,16 +332,26 @@ class Config:
             for key, value in self.to_dict().items()
         }
 
-    def context_length(self) -> int:
-        return self.model.n_positions or self.data.block_size
-
-    def validate(self) -> None:
-        """Checks that span two argument groups."""
+    def __post_init__(self) -> None:
+        """Checks that span two argument groups; run for a Config built in Python too."""
         if self.data.block_size > self.context_length():
             raise HfminiError(
                 f"block_size {self.data.block_size} is above the model's context n_positions "
                 f"{self.context_length()}: lower block_size or raise n_positions"
             )
+
+    def context_length(self) -> int:
+        return self.model.n_positions or self.data.block_size
+
+    def tokens_per_step(self, num_processes: int) -> int:
+        """Tokens per optimizer step over all processes and accumulation micro-batches."""
+        args = self.train
+        return (
+            args.per_device_train_batch_size
+            * self.data.block_size
+            * args.gradient_accumulation_steps
+            * num_processes
+        )
 
     def total_train_steps(self, batches_per_epoch: int) -> int:
         """Optimizer steps the run will take: max_steps, or epochs over the sharded data."""
@@ -395,7 +421,8 @@ def _check_cli_keys(argv: list[str]) -> None:
     keys = set(known_keys()) | {"config", "help"}
     for token in argv:
         if token.startswith("--"):
-            key = token[2:].split("=", 1)[0]
+            # HfArgumentParser also registers dash forms (--max-steps), and --help lists them.
+            key = token[2:].split("=", 1)[0].replace("-", "_")
             if key not in keys:
                 raise _unknown_key_error(key, "on the command line")
 
@@ -429,6 +456,28 @@ def parse_config(argv: list[str] | None = None) -> Config:
     for group in ARG_GROUPS:
         names = {f.name for f in dataclasses.fields(group) if f.init}
         groups.append(group(**{k: v for k, v in values.items() if k in names}))
-    config = Config(*groups)
-    config.validate()
-    return config
+    return Config(*groups)
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md: every key with its default and help, from the dataclasses alone."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the dataclasses in `hfmini/config.py` by `make docs`; a test checks that",
+        "it is current. Precedence: command line > YAML (`--config`) > these defaults.",
+    ]
+    for group in ARG_GROUPS:
+        lines += ["", f"## {group.__name__}", "", group.__doc__ or "", ""]
+        lines += ["| key | default | meaning |", "|---|---|---|"]
+        for f in dataclasses.fields(group):
+            default = (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            )
+            meaning = f.metadata.get("help", "").replace("|", "\\|")
+            lines.append(f"| `{f.name}` | `{default!r}` | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m hfmini.config > docs/configuration.md
+    sys.stdout.write(reference_markdown())

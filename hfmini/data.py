@@ -1,21 +1,20 @@
-"""Text in, blocks of token ids out, with `datasets` doing the heavy lifting and the caching.
+"""Documents in, blocks of token ids out, with `datasets` doing the heavy lifting and the caching.
 
-    source rows ─► chunk (≤ CHUNK_CHARS, cut at blank lines) ─► [hold out a tail for validation]
-                ─► tokenize (batched map, num_proc, EOS after each document) ─► pack into blocks
+    load_sources (sources.py) ─► chunk (≤ CHUNK_CHARS, cut at blank lines) ─► [hold out a tail
+    for validation] ─► tokenizer (trained on the train chunks, or loaded) ─► tokenize (batched
+    map, num_proc, EOS after each document) ─► pack into blocks
 
-Sources: the built-in Shakespeare corpus (default), local files (.txt one document per file,
-.json/.jsonl/.csv/.parquet one document per row), or a Hub dataset. Every step before packing is a
-cached `datasets` operation, so a second run on the same inputs reads Arrow files instead of
-tokenizing again. Packing is a reshape of the flat token stream: only the final partial block of
-the training split is dropped (and counted).
+`prepare_data` runs those stages in that order for training; `prepare_eval_tokens` runs them for
+`hfmini eval` with a trained model's tokenizer. Every step before packing is a cached `datasets`
+operation, so a second run on the same inputs reads Arrow files instead of tokenizing again.
+Packing is a reshape of the flat token stream: only the final partial block of the training split
+is dropped (and counted).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +30,6 @@ logger = logging.getLogger(__name__)
 # out even from a single text file. Cutting just before a line break leaves the byte-level BPE
 # tokenization unchanged; only a hard cut inside a very long line can change it, at that point.
 CHUNK_CHARS = 4096
-
-BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
 @dataclass
@@ -63,198 +60,6 @@ class BlockDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         start = index * self.block_size
         return {"input_ids": self.tokens[start : start + self.block_size].long()}
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading raw text
-
-
-def _hf_cache_root() -> Path:
-    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
-
-
-def _shakespeare_files() -> dict[str, str]:
-    """Write the built-in corpus once as JSON lines (one play per line) and return the paths.
-
-    Going through files, not `Dataset.from_dict`, gives datasets a stable fingerprint, so the
-    tokenized result is cached across runs like any other local file.
-    """
-    from hfmini.shakespeare import load_plays
-
-    folder = _hf_cache_root() / "hfmini" / "shakespeare-v1"
-    paths = {split: folder / f"{split}.jsonl" for split in ("train", "validation")}
-    if not all(path.is_file() for path in paths.values()):
-        folder.mkdir(parents=True, exist_ok=True)
-        for split, plays in load_plays().items():
-            tmp = paths[split].with_suffix(f".tmp{os.getpid()}")
-            with tmp.open("w", encoding="utf-8") as handle:
-                for play, text in plays.items():
-                    handle.write(json.dumps({"play": play, "text": text}) + "\n")
-            os.replace(tmp, paths[split])
-    return {split: str(path) for split, path in paths.items()}
-
-
-def _check_readable(path: Path, what: str) -> None:
-    """Open and read a byte now, so a permission problem is reported before any work."""
-    try:
-        with path.open("rb") as handle:
-            first = handle.read(1)
-    except OSError as err:
-        raise HfminiError(
-            f"{what} {path} cannot be read ({err.strerror}): check its permissions"
-        ) from None
-    if not first:
-        raise HfminiError(f"{what} {path} is empty: add text to it or leave it out")
-
-
-def expand_data_files(patterns: list[str], what: str) -> list[str]:
-    """Files and directories → a sorted list of readable, non-empty files of one format."""
-    files: list[Path] = []
-    for pattern in patterns:
-        path = Path(pattern)
-        if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.suffix.lower() in BUILDERS and p.is_file()
-            )
-            if not found:
-                raise HfminiError(
-                    f"{what} directory {pattern} has no {'/'.join(BUILDERS)} files: add some "
-                    "or point at the files directly"
-                )
-            files.extend(found)
-        elif path.is_file():
-            if path.suffix.lower() not in BUILDERS:
-                raise HfminiError(
-                    f"{what} {pattern} has an unsupported extension: use one of "
-                    f"{', '.join(BUILDERS)}"
-                )
-            files.append(path)
-        else:
-            raise HfminiError(f"{what} {pattern} does not exist: check the path")
-    for path in files:
-        _check_readable(path, what)
-    builders = {BUILDERS[f.suffix.lower()] for f in files}
-    if len(builders) > 1:
-        raise HfminiError(f"{what} mixes formats ({', '.join(sorted(builders))}): use one format")
-    return [str(f) for f in files]
-
-
-def count_invalid_utf8(path: str, block: int = 1 << 20) -> int:
-    """Bytes of `path` that are not valid UTF-8. Streams the file once (about 1 GB/s)."""
-    import codecs
-
-    bad = 0
-
-    def count(error: UnicodeDecodeError):
-        nonlocal bad
-        bad += error.end - error.start
-        return "\ufffd", error.end
-
-    codecs.register_error("hfmini_count", count)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="hfmini_count")
-    with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            decoder.decode(chunk)
-    decoder.decode(b"", final=True)
-    return bad
-
-
-def _warn_invalid_utf8(files: list[str]) -> None:
-    """Invalid bytes are replaced by U+FFFD (never a crash); say so once, with the count."""
-    counts = {f: count_invalid_utf8(f) for f in files if Path(f).suffix.lower() != ".parquet"}
-    bad = {f: n for f, n in counts.items() if n}
-    if bad:
-        first = next(iter(bad))
-        logger.warning(
-            "%d bytes that are not valid UTF-8 in %d file(s) (first: %s) were replaced with "
-            "U+FFFD; re-encode the files as UTF-8 to keep them",
-            sum(bad.values()),
-            len(bad),
-            first,
-        )
-
-
-def _load_local(data_files: dict[str, list[str]]):
-    from datasets import load_dataset
-
-    builder = BUILDERS[Path(data_files["train"][0]).suffix.lower()]
-    if "validation" in data_files:
-        if BUILDERS[Path(data_files["validation"][0]).suffix.lower()] != builder:
-            raise HfminiError("train_file and validation_file must have the same format")
-    _warn_invalid_utf8([f for files in data_files.values() for f in files])
-    kwargs = {} if builder == "parquet" else {"encoding_errors": "replace"}
-    if builder == "text":
-        kwargs["sample_by"] = "document"
-    # datasets logs a parse failure with its traceback before raising; our message replaces it.
-    datasets_logger = logging.getLogger("datasets")
-    level = datasets_logger.level
-    datasets_logger.setLevel(logging.CRITICAL)
-    try:
-        return load_dataset(builder, data_files=data_files, **kwargs)
-    except Exception as err:  # malformed JSON/CSV/Parquet: name the files, not the internals
-        reason = str(err.__cause__ or err).splitlines()[0][:200]
-        files = ", ".join(f for group in data_files.values() for f in group)[:200]
-        raise HfminiError(
-            f"could not read {files} as {builder} ({reason}): check that the files are valid "
-            f"{builder}"
-        ) from None
-    finally:
-        datasets_logger.setLevel(level)
-
-
-def _load_hub(name: str, config_name: str | None):
-    import datasets
-    from datasets import load_dataset
-
-    try:
-        return load_dataset(name, config_name)
-    except Exception as err:
-        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-        if datasets.config.HF_HUB_OFFLINE or datasets.config.HF_DATASETS_OFFLINE:
-            raise HfminiError(
-                f"dataset {name!r} is not in the local cache and the Hub cannot be reached "
-                "(offline mode): train on local files with --train_file PATH instead"
-            ) from None
-        raise HfminiError(
-            f"could not load dataset {name!r} from the Hub ({reason}): check the name, the "
-            "network, or use local files with --train_file"
-        ) from None
-
-
-def load_raw_datasets(data_args):
-    """A DatasetDict with 'train', and 'validation' when the source has one; one document a row."""
-    from datasets import DatasetDict
-
-    if data_args.train_file:
-        data_files = {"train": expand_data_files(data_args.train_file, "train_file")}
-        if data_args.validation_file:
-            data_files["validation"] = expand_data_files(
-                data_args.validation_file, "validation_file"
-            )
-        raw = _load_local(data_files)
-    elif data_args.dataset_name:
-        raw = _load_hub(data_args.dataset_name, data_args.dataset_config_name)
-    else:
-        raw = _load_local(_shakespeare_files_as_lists())
-    if not isinstance(raw, DatasetDict) or "train" not in raw:
-        raise HfminiError("the dataset has no 'train' split: name the files with train_file")
-    splits = {"train": raw["train"]}
-    for name in ("validation", "valid", "dev", "test"):
-        if name in raw:
-            splits["validation"] = raw[name]
-            break
-    column = data_args.text_column
-    for split, ds in splits.items():
-        if column not in ds.column_names:
-            raise HfminiError(
-                f"text_column {column!r} is not in the {split} data; its columns are "
-                f"{', '.join(ds.column_names)}: set --text_column to one of them"
-            )
-    return DatasetDict(splits)
-
-
-def _shakespeare_files_as_lists() -> dict[str, list[str]]:
-    return {split: [path] for split, path in _shakespeare_files().items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,6 +222,48 @@ def text_bytes(chunks) -> int:
     return int(pc.sum(pc.binary_length(column)).as_py() or 0)
 
 
+def chunk_and_split(raw, data_args):
+    """Documents → chunks, with a validation split held out when the source has none."""
+    chunks = chunk_documents(raw, data_args.text_column, data_args.preprocessing_num_workers)
+    return hold_out_validation(chunks, data_args.validation_split_percentage)
+
+
+def tokenize_and_pack(chunks, tokenizer, data_args) -> PreparedData:
+    """Tokenize both splits (cached) and pack the training split into blocks."""
+    block_size = data_args.block_size
+    tokenized = tokenize_chunks(chunks, tokenizer, data_args.preprocessing_num_workers)
+    train_tokens, dropped = pack(flat_tokens(tokenized["train"]), block_size, "train")
+    eval_tokens = flat_tokens(tokenized["validation"])
+    if eval_tokens.numel() < block_size:
+        raise HfminiError(
+            f"the validation split has {eval_tokens.numel()} tokens, fewer than one block of "
+            f"{block_size}: lower block_size or add validation text"
+        )
+    if dropped:
+        logger.info("dropped the final partial training block: %d tokens", dropped)
+    return PreparedData(
+        train_tokens=train_tokens,
+        eval_tokens=eval_tokens,
+        block_size=block_size,
+        dropped_train_tokens=dropped,
+        train_bytes=text_bytes(chunks["train"]),
+    )
+
+
+def prepare_data(config, resume_path: Path | None = None) -> tuple[PreparedData, object]:
+    """The whole data stage of a training run, top to bottom: load the sources, chunk and split,
+    get the tokenizer (the resumed run's, a named one, or trained on the train split only), then
+    tokenize and pack. Returns (PreparedData, tokenizer)."""
+    from hfmini.sources import load_sources
+    from hfmini.tokenizer import tokenizer_for_run
+
+    chunks = chunk_and_split(load_sources(config.data), config.data)
+    tokenizer = tokenizer_for_run(
+        config.model, chunks["train"], config.context_length(), resume_path
+    )
+    return tokenize_and_pack(chunks, tokenizer, config.data), tokenizer
+
+
 def prepare_eval_tokens(data_args, tokenizer) -> torch.Tensor:
     """The validation token stream of a data source, tokenized with a trained model's tokenizer.
 
@@ -425,52 +272,16 @@ def prepare_eval_tokens(data_args, tokenizer) -> torch.Tensor:
     """
     from datasets import DatasetDict
 
+    from hfmini.sources import load_sources, load_validation_files
+
     if data_args.validation_file:
-        files = expand_data_files(data_args.validation_file, "validation_file")
-        raw = DatasetDict({"validation": _load_local({"train": files})["train"]})
-        if data_args.text_column not in raw["validation"].column_names:
-            raise HfminiError(
-                f"text_column {data_args.text_column!r} is not in {files[0]}; its columns are "
-                f"{', '.join(raw['validation'].column_names)}: set --text_column"
-            )
+        raw = load_validation_files(data_args)
     else:
-        raw = load_raw_datasets(data_args)
-    chunks = chunk_documents(raw, data_args.text_column, data_args.preprocessing_num_workers)
-    chunks = hold_out_validation(chunks, data_args.validation_split_percentage)
-    split = DatasetDict({"validation": chunks["validation"]})
-    tokens = flat_tokens(
-        tokenize_chunks(split, tokenizer, data_args.preprocessing_num_workers)["validation"]
-    )
+        raw = load_sources(data_args)
+    chunks = chunk_and_split(raw, data_args)
+    validation = DatasetDict({"validation": chunks["validation"]})
+    tokenized = tokenize_chunks(validation, tokenizer, data_args.preprocessing_num_workers)
+    tokens = flat_tokens(tokenized["validation"])
     if tokens.numel() < 2:
         raise HfminiError(f"the validation text has {tokens.numel()} tokens: add text to score")
     return tokens
-
-
-def prepare_data(data_args, tokenizer_factory) -> tuple[PreparedData, object]:
-    """Load, chunk, split, build the tokenizer (on train only), tokenize and pack.
-
-    `tokenizer_factory(train_chunks)` returns the tokenizer; it sees training text only.
-    Returns (PreparedData, tokenizer).
-    """
-    raw = load_raw_datasets(data_args)
-    chunks = chunk_documents(raw, data_args.text_column, data_args.preprocessing_num_workers)
-    chunks = hold_out_validation(chunks, data_args.validation_split_percentage)
-    tokenizer = tokenizer_factory(chunks["train"])
-    tokenized = tokenize_chunks(chunks, tokenizer, data_args.preprocessing_num_workers)
-    train_tokens, dropped = pack(flat_tokens(tokenized["train"]), data_args.block_size, "train")
-    eval_tokens = flat_tokens(tokenized["validation"])
-    if eval_tokens.numel() < data_args.block_size:
-        raise HfminiError(
-            f"the validation split has {eval_tokens.numel()} tokens, fewer than one block of "
-            f"{data_args.block_size}: lower block_size or add validation text"
-        )
-    if dropped:
-        logger.info("dropped the final partial training block: %d tokens", dropped)
-    prepared = PreparedData(
-        train_tokens=train_tokens,
-        eval_tokens=eval_tokens,
-        block_size=data_args.block_size,
-        dropped_train_tokens=dropped,
-        train_bytes=text_bytes(chunks["train"]),
-    )
-    return prepared, tokenizer

@@ -6,9 +6,9 @@
 The ramp on decay_t (as in timm's ModelEmaV2) lets the average follow the weights closely in the
 first steps instead of keeping the random initialisation for ~1/(1 - decay) steps.
 
-Why: on the default recipe the average with decay 0.995 (a half-life of ~140 steps) scored
-0.001-0.005 bits per byte below the final weights in each of eight paired runs: averaging removes
-part of the step-to-step noise that the last weights still carry.
+Why: on the default recipe the average with decay 0.995 (a half-life of ~140 steps) scored a few
+thousandths of a bit per byte below the final weights in every paired run (docs/results.md):
+averaging removes part of the step-to-step noise that the last weights still carry.
 Cost: one fp32 copy of the weights, and one fused lerp over them per optimizer step.
 """
 
@@ -71,3 +71,28 @@ class WeightAverage:
             for name, average in zip(self.names, self.average, strict=True):
                 average.copy_(saved.get_tensor(name))
         return True
+
+
+def weight_average_for(accelerator, model, decay: float, resume_path: Path | None):
+    """The run's moving average when `decay` is set (None when 0), restored when resuming.
+
+    `model` is the prepared model; the average tracks the plain module inside it.
+    """
+    import logging
+
+    from hfmini.errors import HfminiError
+    from hfmini.runtime import is_sharded
+
+    if not decay:
+        return None
+    if is_sharded(accelerator):
+        raise HfminiError(
+            "ema_decay needs the whole model on every process, which FSDP and DeepSpeed shard: "
+            "set ema_decay 0 or train with DDP"
+        )
+    ema = WeightAverage(accelerator.unwrap_model(model, keep_torch_compile=False), decay)
+    if resume_path is not None and not ema.load(resume_path):
+        logging.getLogger("hfmini").warning(
+            "%s holds no weight average: starting one from its weights", resume_path
+        )
+    return ema

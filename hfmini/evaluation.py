@@ -72,7 +72,7 @@ def evaluate_stream(
     groups += [[r] for r in ranges if r[1] - r[0] != block_size]
     for group in groups:
         input_ids = torch.stack([tokens[s:e] for s, e in group]).long().to(device)  # (B, T)
-        logits = model(input_ids=input_ids).logits[:, :-1].float()  # (B, T-1, V)
+        logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
         targets = input_ids[:, 1:]  # (B, T-1)
         nll = F.cross_entropy(
             logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum"

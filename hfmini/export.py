@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from hfmini.config import SAMPLING_DEFAULTS
+
 FINISHED_MARKERS = ("config.json", "model.safetensors")
 
 
@@ -29,9 +31,7 @@ def generation_config_for(model, tokenizer):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         do_sample=True,
-        temperature=0.8,
-        top_k=50,
-        top_p=0.95,
+        **SAMPLING_DEFAULTS,
         max_new_tokens=min(200, model.config.n_positions),
     )
 

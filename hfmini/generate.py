@@ -2,8 +2,8 @@
 
 Decoding is a short loop over the model's forward with its KV cache and transformers' own
 logits warpers (temperature, top-k, top-p), so it picks the same tokens as `model.generate`
-(tested). It skips `generate`'s per-token bookkeeping, which at this model size took 11-25% of
-`generate`'s time per new token on a CPU (`make bench`: 657 vs. 585 and 887 vs. 670 tokens/s).
+(tested). It skips `generate`'s per-token bookkeeping, which at this model size is a noticeable
+share of each new token's time on a CPU (`make bench` measures both; docs/results.md).
 
 A GPT-2 cannot attend past `n_positions` tokens. A prompt longer than the context keeps its most
 recent tokens (and says so); generating past the context slides a window: each round restarts from
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from hfmini.config import SAMPLING_DEFAULTS
 from hfmini.errors import HfminiError
 
 logger = logging.getLogger(__name__)
@@ -148,9 +149,9 @@ def generate_text(
     tokenizer,
     prompt: str = "",
     max_new_tokens: int = 200,
-    temperature: float = 0.8,
-    top_k: int | None = 50,
-    top_p: float | None = 0.95,
+    temperature: float = SAMPLING_DEFAULTS["temperature"],
+    top_k: int | None = SAMPLING_DEFAULTS["top_k"],
+    top_p: float | None = SAMPLING_DEFAULTS["top_p"],
     seed: int | None = None,
     on_text=None,
 ) -> str:

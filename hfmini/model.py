@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-# Shapes only; the context (n_positions) follows block_size unless set. `gpt2-small` is the
-# 124M-parameter GPT-2 of Radford et al. (2019) with its 50257-token vocabulary replaced by ours.
-MODEL_PRESETS: dict[str, dict[str, int]] = {
-    "nano": {"n_layer": 2, "n_head": 2, "n_embd": 64},
-    "micro": {"n_layer": 4, "n_head": 4, "n_embd": 128},
-    "mini": {"n_layer": 6, "n_head": 6, "n_embd": 384},
-    "gpt2-small": {"n_layer": 12, "n_head": 12, "n_embd": 768},
-}
-
 
 def build_model_config(model_args, tokenizer, context_length: int):
-    """GPT2Config for the preset with overrides, vocabulary and special ids from the tokenizer."""
+    """GPT2Config for the preset (`hfmini.config.MODEL_PRESETS`) with overrides, vocabulary and
+    special ids from the tokenizer."""
     from transformers import GPT2Config
 
     n_layer, n_head, n_embd = model_args.shape()
@@ -56,11 +48,21 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def flops_per_token(model) -> float:
-    """Training FLOPs per token, 6N + 12·L·T·d (PaLM appendix B; nanoGPT's estimate_mfu).
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute activations in backward instead of keeping them: about a third more compute for
+    activation memory that no longer grows with depth."""
+    # transformers 5 renamed the method; keep working on both names.
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    (enable or model.gradient_checkpointing_enable)()
+    model.config.use_cache = False
+
+
+def flops_per_token(model, sequence_length: int) -> float:
+    """Training FLOPs per token, 6N + 12·L·T·d (PaLM appendix B; nanoGPT's estimate_mfu), with T
+    the trained sequence length (block_size), which can be shorter than the model's context.
 
     N excludes the position embeddings, which are looked up, not multiplied.
     """
     config = model.config
     n_params = count_parameters(model) - model.transformer.wpe.weight.numel()
-    return 6 * n_params + 12 * config.n_layer * config.n_positions * config.n_embd
+    return 6 * n_params + 12 * config.n_layer * sequence_length * config.n_embd

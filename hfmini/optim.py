@@ -14,15 +14,14 @@ def build_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    # The fused kernel updates all tensors in one pass (CUDA, and CPU since torch 2.4): on a
-    # 2-core CPU it is ~5x faster than the foreach implementation for this step.
-    fused = {"fused": True}
+    # The fused kernel updates all tensors in one pass (CUDA, and CPU since torch 2.4): several
+    # times faster than the foreach implementation for this step on a small CPU.
     return torch.optim.AdamW(
         groups,
         lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_epsilon,
-        **fused,
+        fused=True,
     )
 
 

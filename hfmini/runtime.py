@@ -20,8 +20,8 @@ def use_all_cpu_cores() -> None:
     """Undo the launchers' one-thread default for CPU training.
 
     `accelerate launch` (and torchrun) set OMP_NUM_THREADS=1 for every process they start; on a
-    CPU-only machine that leaves all but one core idle (measured here: 6.6k vs 11.5k tokens/s on
-    2 cores). When a launcher set it, give each local process its share of the cores instead.
+    CPU-only machine that leaves all but one core idle (on 2 cores it cost close to half the
+    tokens/s). When a launcher set it, give each local process its share of the cores instead.
     """
     launched = "ACCELERATE_DYNAMO_BACKEND" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
     if torch.cuda.is_available() or not launched or os.environ.get("OMP_NUM_THREADS") != "1":
@@ -62,10 +62,10 @@ def attention_for(device: torch.device, precision: str) -> str:
     """transformers' attention implementation for training on `device` in `precision`.
 
     sdpa (PyTorch's fused kernel) everywhere except bf16 on a CPU: there the CPU flash-attention
-    backward in bf16 measured 4x slower than in fp32 (6.8 vs 1.6 ms a layer at batch 8 × 128,
-    4 heads of 32), which cancelled the bf16 matmul gain; plain matmul-softmax-matmul attention
-    keeps it (training step 1.69x fp32 sdpa instead of 1.03x). Only the training process uses it:
-    the saved config does not record it, so loaded models use sdpa.
+    backward in bf16 is several times slower than in fp32 at small head sizes, which cancels the
+    bf16 matmul gain; plain matmul-softmax-matmul attention keeps it (docs/results.md has the
+    figures). Only the training process uses it: the saved config does not record it, so loaded
+    models use sdpa.
     """
     return "eager" if device.type == "cpu" and precision == "bf16" else "sdpa"
 
@@ -78,7 +78,7 @@ def make_accelerator(config: Config):
 
     args = config.train
     on_gpu = torch.cuda.is_available()
-    if on_gpu:  # TF32 matmuls and convolutions: ~2x fp32 throughput on Ampere and later
+    if on_gpu:  # TF32 matmuls and convolutions: several times fp32 throughput on Ampere and later
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     precision = training_precision(args)
@@ -119,3 +119,32 @@ def configure_logging(accelerator) -> None:
     transformers.utils.logging.set_verbosity_error()
     if not accelerator.is_main_process:
         datasets.utils.logging.disable_progress_bar()
+
+
+def without_compile(model):
+    """The module torch.compile wrapped (DDP, FSDP or the model itself), or `model` if none."""
+    from accelerate.utils import is_compiled_module
+
+    return model._orig_mod if is_compiled_module(model) else model
+
+
+def is_sharded(accelerator) -> bool:
+    """FSDP and DeepSpeed split the weights across processes."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def inference_model(accelerator, model, final: bool = False):
+    """The model for evaluation and sampling, and whether the main process may use it alone.
+
+    Sharded models (FSDP, DeepSpeed) must run through their wrapper on every process; otherwise
+    the plain module, which avoids recompiling a compiled model for the ragged final block.
+    Evaluations during training run as the model trains (under bf16 autocast with mixed
+    precision, which is faster); the final one drops accelerate's autocast wrapper for good, so
+    its figures are those of the fp32 weights as exported.
+    """
+    if is_sharded(accelerator):
+        return model, False
+    plain = accelerator.unwrap_model(model, keep_fp32_wrapper=not final, keep_torch_compile=False)
+    return plain, True

@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from hfmini.config import hfmini_cache_dir
 from hfmini.errors import HfminiError
 
 EOS_TOKEN = "<|endoftext|>"
@@ -55,9 +56,8 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int, model_max_length: int
 
 
 def _cache_dir(fingerprint: str, vocab_size: int) -> Path:
-    root = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
     key = hashlib.sha256(f"{fingerprint}-{vocab_size}-bytelevel-v1".encode()).hexdigest()[:16]
-    return root / "hfmini" / "tokenizers" / key
+    return hfmini_cache_dir() / "tokenizers" / key
 
 
 def get_tokenizer(
@@ -104,6 +104,25 @@ def get_tokenizer(
     except OSError:  # another process cached it first; theirs is identical
         shutil.rmtree(tmp, ignore_errors=True)
     return tokenizer
+
+
+def tokenizer_for_run(model_args, train_chunks, context_length: int, resume_path: Path | None):
+    """The tokenizer of a training run: the resumed checkpoint's own (a given `tokenizer_name`
+    must match it), else `tokenizer_name`, else a BPE trained on the train chunks only."""
+    if resume_path is None:
+        return get_tokenizer(
+            model_args.tokenizer_name, train_chunks, "text", model_args.vocab_size, context_length
+        )
+    saved = get_tokenizer(str(resume_path / "tokenizer"), model_max_length=context_length)
+    if model_args.tokenizer_name:
+        given = get_tokenizer(model_args.tokenizer_name, model_max_length=context_length)
+        if given.get_vocab() != saved.get_vocab():
+            raise HfminiError(
+                f"tokenizer {model_args.tokenizer_name} does not match the one the checkpoint "
+                f"was trained with ({len(given)} vs {len(saved)} tokens): drop --tokenizer_name "
+                "when resuming"
+            )
+    return saved
 
 
 def token_byte_lengths(tokenizer) -> list[int]:

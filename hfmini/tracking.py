@@ -1,7 +1,8 @@
 """Where metrics go: always `output_dir/metrics.jsonl`, plus Accelerate's trackers (W&B, TensorBoard).
 
 W&B needs no account here: without an API key or a login, the run is recorded offline under
-`./wandb/` and the log says how to `wandb sync` it later.
+`output_dir/wandb/` and the log says how to `wandb sync` it later. The start-up lines that
+describe a run (model, data, batch) are written here too.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import netrc
 import os
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("hfmini")
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -103,3 +104,66 @@ class RunLogger:
             elif tracker.name == "tensorboard":
                 text = "\n\n".join(f"**{p or '(BOS)'}** {g}" for p, g in samples)
                 tracker.writer.add_text("eval/samples", text, global_step=step)
+
+
+def start_trackers(accelerator, config) -> None:
+    """Start Accelerate's trackers with the full resolved config, and say where metrics go."""
+    args = config.train
+    # W&B files go under output_dir/wandb, next to the run they describe.
+    wandb_kwargs = {"dir": args.output_dir, **({"name": args.run_name} if args.run_name else {})}
+    accelerator.init_trackers(
+        args.project_name, config=config.to_flat_dict(), init_kwargs={"wandb": wandb_kwargs}
+    )
+    names = [tracker.name for tracker in accelerator.trackers]
+    if "wandb" in names and os.environ.get("WANDB_MODE") == "offline":
+        logger.info(
+            "W&B: no API key or login found, so the run is recorded offline under %s/wandb; "
+            "upload it later with `wandb sync %s/wandb/offline-run-*` (after `wandb login`)",
+            args.output_dir,
+            args.output_dir,
+        )
+    logger.info(
+        "tracking: %s, always %s/%s",
+        ", ".join(names) or "no tracker",
+        args.output_dir,
+        METRICS_FILE,
+    )
+
+
+def log_run_start(
+    config, accelerator, data, vocabulary: int, n_params: int, total_steps: int
+) -> None:
+    """The three lines that describe a run before its first step: model, data, batch."""
+    tokens_per_step = config.tokens_per_step(accelerator.num_processes)
+    logger.info(
+        "model: GPT-2 %s, %d layers, %d heads, %d wide, context %d, vocabulary %d: %.2fM parameters",
+        config.model.model_size,
+        *config.model.shape(),
+        config.context_length(),
+        vocabulary,
+        n_params / 1e6,
+    )
+    train_tokens = data.train_tokens.numel()
+    logger.info(
+        "data: %d training blocks of %d tokens (%.2fM tokens, %.2f bytes/token), %d validation "
+        "tokens",
+        data.num_train_blocks,
+        data.block_size,
+        train_tokens / 1e6,
+        data.train_bytes / max(1, train_tokens + data.dropped_train_tokens),
+        data.eval_tokens.numel(),
+    )
+    logger.info(
+        "processes: %d (%s on %s); global batch: %d per device × %d accumulation × %d processes "
+        "= %d blocks = %d tokens per optimizer step; %d steps (%.2fM tokens)",
+        accelerator.num_processes,
+        accelerator.distributed_type.value,
+        accelerator.device,
+        config.train.per_device_train_batch_size,
+        config.train.gradient_accumulation_steps,
+        accelerator.num_processes,
+        tokens_per_step // data.block_size,
+        tokens_per_step,
+        total_steps,
+        total_steps * tokens_per_step / 1e6,
+    )

@@ -1,10 +1,11 @@
-"""The training loop, driven by Accelerate: setup → train (log, evaluate, checkpoint) → finish.
+"""The training loop, driven by Accelerate: setup → train (log, validate, save) → finish.
 
     accelerate launch recipes/train.py --config recipes/shakespeare/config.yaml [--key value ...]
 
-All mutable progress lives in `Run.state` (a TrainState); everything else in `Run` is built once
-by `setup`. The same code runs as one process, under `accelerate launch` on many GPUs/nodes, and
-under `torchrun` on CPU machines (gloo data parallel).
+`setup` builds a `Run`: what is fixed for the run, plus the two things the loop changes, its
+`state` (what a checkpoint needs to resume exactly) and its `window` (what is accumulated between
+two logging steps). The same code runs as one process, under `accelerate launch` on many
+GPUs/nodes, and under `torchrun` on CPU machines (gloo data parallel).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,77 +28,66 @@ from hfmini.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from hfmini.config import Config, parse_config
-from hfmini.ema import WeightAverage
+from hfmini.config import SAMPLING_DEFAULTS, Config, parse_config
 from hfmini.errors import HfminiError
-from hfmini.export import save_model
 from hfmini.interrupt import StopRequest
-from hfmini.optim import build_optimizer, build_scheduler
-from hfmini.runtime import (
-    attention_for,
-    configure_logging,
-    make_accelerator,
-    use_all_cpu_cores,
-)
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from torch.optim.lr_scheduler import LRScheduler
+    from torch.utils.data import DataLoader
+    from transformers import PreTrainedTokenizerBase
+
+    from hfmini.data import PreparedData
+    from hfmini.ema import WeightAverage
+    from hfmini.tracking import RunLogger
 
 logger = logging.getLogger("hfmini")
 
 
 @dataclass
+class LogWindow:
+    """What the loop accumulates between two logging steps. The tensors stay on the device and
+    are read only at logging steps, to avoid a host sync per step."""
+
+    loss_sum: torch.Tensor  # () sum of micro-batch losses since the last log
+    first_bad_step: torch.Tensor  # () first optimizer step whose loss was not finite; -1: none
+    grad_norm: torch.Tensor | None = None  # () the latest optimizer step's gradient norm
+    micro_batches: int = 0
+    tokens: int = 0  # over all processes
+    started: float = field(default_factory=time.perf_counter)
+
+    def restart(self) -> None:
+        self.loss_sum.zero_()
+        self.micro_batches = self.tokens = 0
+        self.started = time.perf_counter()
+
+
+@dataclass
 class Run:
-    """Everything one training run holds. Built by `setup`; only `state` changes afterwards."""
+    """One training run. Built by `setup`; afterwards only `state` and `window` change."""
 
     config: Config
-    accelerator: object
+    accelerator: Accelerator
     model: torch.nn.Module  # prepared (DDP/FSDP/compiled) model used for training steps
-    optimizer: object
-    scheduler: object
-    train_loader: object
-    data: object  # hfmini.data.PreparedData
-    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler
+    train_loader: DataLoader
+    data: PreparedData
+    tokenizer: PreTrainedTokenizerBase
     token_bytes: torch.Tensor  # (vocab,) UTF-8 bytes per token id, for bits per byte
-    run_logger: object  # hfmini.tracking.RunLogger
+    run_logger: RunLogger
+    ema: WeightAverage | None  # when ema_decay > 0
     total_steps: int
     tokens_per_step: int  # over all processes and accumulation micro-batches
     flops_per_token: float
     peak_flops: float
-    state: TrainState = field(default_factory=TrainState)
-    # Device-side accumulators, read only at logging steps to avoid a host sync per step.
-    loss_sum: torch.Tensor | None = None
-    first_bad_step: torch.Tensor | None = None
-    last_grad_norm: torch.Tensor | None = None
-    interval_start: float = 0.0
-    interval_tokens: int = 0
-    last_samples: list = field(default_factory=list)  # (prompt, text) from the latest evaluation
-    ema: WeightAverage | None = None  # when ema_decay > 0
+    state: TrainState
+    window: LogWindow
 
 
 # ---------------------------------------------------------------------------------------------
 # setup
-
-
-def _load_tokenizer_for(config: Config, resume_path: Path | None):
-    """A factory for prepare_data: the resumed run's own tokenizer, or a given/trained one."""
-    from hfmini.tokenizer import get_tokenizer
-
-    def factory(train_chunks):
-        context = config.context_length()
-        if resume_path is not None:
-            saved = get_tokenizer(str(resume_path / "tokenizer"), model_max_length=context)
-            if config.model.tokenizer_name:
-                given = get_tokenizer(config.model.tokenizer_name, model_max_length=context)
-                if given.get_vocab() != saved.get_vocab():
-                    raise HfminiError(
-                        f"tokenizer {config.model.tokenizer_name} does not match the one the "
-                        f"checkpoint was trained with ({len(given)} vs {len(saved)} tokens): drop "
-                        "--tokenizer_name when resuming"
-                    )
-            return saved
-        return get_tokenizer(
-            config.model.tokenizer_name, train_chunks, "text", config.model.vocab_size, context
-        )
-
-    return factory
 
 
 def setup(config: Config) -> Run:
@@ -104,10 +95,18 @@ def setup(config: Config) -> Run:
     from accelerate.utils import set_seed
 
     from hfmini.data import BlockDataset, prepare_data
-    from hfmini.model import build_model, count_parameters, flops_per_token
+    from hfmini.ema import weight_average_for
+    from hfmini.model import (
+        build_model,
+        count_parameters,
+        enable_gradient_checkpointing,
+        flops_per_token,
+    )
+    from hfmini.optim import build_optimizer, build_scheduler
+    from hfmini.runtime import attention_for, configure_logging, make_accelerator, use_all_cpu_cores
     from hfmini.throughput import peak_flops
     from hfmini.tokenizer import token_byte_lengths
-    from hfmini.tracking import RunLogger, truncate_metrics_after
+    from hfmini.tracking import RunLogger, log_run_start, start_trackers, truncate_metrics_after
 
     args = config.train
     resume_path = check_output_dir(args)  # before anything expensive
@@ -128,7 +127,7 @@ def setup(config: Config) -> Run:
     # Data and tokenizer: the main process fills the datasets and tokenizer caches first; the
     # others then read them instead of repeating the work.
     with accelerator.main_process_first():
-        data, tokenizer = prepare_data(config.data, _load_tokenizer_for(config, resume_path))
+        data, tokenizer = prepare_data(config, resume_path)
 
     precision = accelerator.mixed_precision
     model = build_model(
@@ -138,11 +137,9 @@ def setup(config: Config) -> Run:
         attn_implementation=attention_for(accelerator.device, precision),
     )
     if args.gradient_checkpointing:
-        # transformers 5 renamed it; keep working on both names.
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        (enable or model.gradient_checkpointing_enable)()
-        model.config.use_cache = False
+        enable_gradient_checkpointing(model)
     n_params = count_parameters(model)
+    per_token = flops_per_token(model, data.block_size)
     optimizer = build_optimizer(model, args)
     loader = torch.utils.data.DataLoader(
         BlockDataset(data.train_tokens, data.block_size),
@@ -159,13 +156,13 @@ def setup(config: Config) -> Run:
     total_steps = config.total_train_steps(len(loader))
     # Not prepared: accelerate would step a prepared scheduler once per process.
     scheduler = build_scheduler(optimizer, args, total_steps)
-    tokens_per_step = (
-        args.per_device_train_batch_size
-        * data.block_size
-        * args.gradient_accumulation_steps
-        * accelerator.num_processes
-    )
-    raw_model = accelerator.unwrap_model(model)
+    state = TrainState()
+    if resume_path is not None:
+        state = load_checkpoint(accelerator, resume_path, scheduler)
+        if accelerator.is_main_process:
+            truncate_metrics_after(output_dir, state.step)
+        logger.info("resumed from %s at step %d", resume_path, state.step)
+    device = accelerator.device
     run = Run(
         config=config,
         accelerator=accelerator,
@@ -177,104 +174,21 @@ def setup(config: Config) -> Run:
         tokenizer=tokenizer,
         token_bytes=torch.tensor(token_byte_lengths(tokenizer), dtype=torch.float64),
         run_logger=RunLogger(accelerator, output_dir),
+        ema=weight_average_for(accelerator, model, args.ema_decay, resume_path),
         total_steps=total_steps,
-        tokens_per_step=tokens_per_step,
-        flops_per_token=flops_per_token(raw_model),
-        peak_flops=peak_flops(accelerator.device, precision),
+        tokens_per_step=config.tokens_per_step(accelerator.num_processes),
+        flops_per_token=per_token,
+        peak_flops=peak_flops(device, precision),
+        state=state,
+        window=LogWindow(
+            loss_sum=torch.tensor(state.loss_since_log, device=device),
+            first_bad_step=torch.tensor(-1, device=device),
+            micro_batches=state.batches_since_log,
+        ),
     )
-    if resume_path is not None:
-        run.state = load_checkpoint(accelerator, resume_path, scheduler)
-        if accelerator.is_main_process:
-            truncate_metrics_after(output_dir, run.state.step)
-        logger.info("resumed from %s at step %d", resume_path, run.state.step)
-    run.ema = _weight_average(run, resume_path)
-    device = accelerator.device
-    run.loss_sum = torch.tensor(run.state.loss_since_log, device=device)
-    run.first_bad_step = torch.tensor(-1, device=device)
-    accelerator.init_trackers(
-        args.project_name, config=config.to_flat_dict(), init_kwargs=_tracker_init_kwargs(args)
-    )
-    _log_start(run, n_params)
-    _log_tracking(run)
+    start_trackers(accelerator, config)
+    log_run_start(config, accelerator, data, len(tokenizer), n_params, total_steps)
     return run
-
-
-def _weight_average(run: Run, resume_path: Path | None) -> WeightAverage | None:
-    """The moving average of the weights when ema_decay is set, restored when resuming."""
-    from accelerate.utils import DistributedType
-
-    acc, args = run.accelerator, run.config.train
-    if not args.ema_decay:
-        return None
-    if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise HfminiError(
-            "ema_decay needs the whole model on every process, which FSDP and DeepSpeed shard: "
-            "set ema_decay 0 or train with DDP"
-        )
-    ema = WeightAverage(acc.unwrap_model(run.model, keep_torch_compile=False), args.ema_decay)
-    if resume_path is not None and not ema.load(resume_path):
-        logger.warning("%s holds no weight average: starting one from its weights", resume_path)
-    return ema
-
-
-def _tracker_init_kwargs(args) -> dict:
-    """W&B files go under output_dir/wandb, next to the run they describe."""
-    wandb_kwargs = {"dir": args.output_dir}
-    if args.run_name:
-        wandb_kwargs["name"] = args.run_name
-    return {"wandb": wandb_kwargs}
-
-
-def _log_tracking(run: Run) -> None:
-    names = [tracker.name for tracker in run.accelerator.trackers]
-    if "wandb" in names and os.environ.get("WANDB_MODE") == "offline":
-        logger.info(
-            "W&B: no API key or login found, so the run is recorded offline under %s/wandb; "
-            "upload it later with `wandb sync %s/wandb/offline-run-*` (after `wandb login`)",
-            run.config.train.output_dir,
-            run.config.train.output_dir,
-        )
-    logger.info(
-        "tracking: %s, always %s/metrics.jsonl",
-        ", ".join(names) or "no tracker",
-        run.config.train.output_dir,
-    )
-
-
-def _log_start(run: Run, n_params: int) -> None:
-    config, data = run.config, run.data
-    acc = run.accelerator
-    logger.info(
-        "model: GPT-2 %s, %d layers, %d heads, %d wide, context %d, vocabulary %d: %.2fM parameters",
-        config.model.model_size,
-        *config.model.shape(),
-        config.context_length(),
-        len(run.tokenizer),
-        n_params / 1e6,
-    )
-    logger.info(
-        "data: %d training blocks of %d tokens (%.2fM tokens, %.2f bytes/token), %d validation "
-        "tokens",
-        data.num_train_blocks,
-        data.block_size,
-        data.train_tokens.numel() / 1e6,
-        data.train_bytes / max(1, data.train_tokens.numel() + data.dropped_train_tokens),
-        data.eval_tokens.numel(),
-    )
-    logger.info(
-        "processes: %d (%s on %s); global batch: %d per device × %d accumulation × %d processes "
-        "= %d blocks = %d tokens per optimizer step; %d steps (%.2fM tokens)",
-        acc.num_processes,
-        acc.distributed_type.value,
-        acc.device,
-        config.train.per_device_train_batch_size,
-        config.train.gradient_accumulation_steps,
-        acc.num_processes,
-        run.tokens_per_step // data.block_size,
-        run.tokens_per_step,
-        run.total_steps,
-        run.total_steps * run.tokens_per_step / 1e6,
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +208,7 @@ def train(run: Run, stop: StopRequest) -> bool:
         desc="training",
         dynamic_ncols=True,
     )
-    run.interval_start, run.interval_tokens = time.perf_counter(), 0
+    run.window.started = time.perf_counter()
     try:  # close the bar first, so an error message is the last line the user sees
         while state.step < run.total_steps:
             run.train_loader.set_epoch(state.epoch)
@@ -308,7 +222,7 @@ def train(run: Run, stop: StopRequest) -> bool:
                     continue
                 progress.update(1)
                 saved = on_step_end(run, progress)
-                if state.step < run.total_steps and _stop_requested(run, stop, saved):
+                if state.step < run.total_steps and stop_requested(run, stop, saved):
                     return False
                 if state.step >= run.total_steps:
                     break
@@ -323,16 +237,18 @@ def train(run: Run, stop: StopRequest) -> bool:
 def training_step(run: Run, input_ids: torch.Tensor) -> bool:
     """Forward and backward on one micro-batch (B, T); an optimizer step when accumulation is
     complete. Returns whether an optimizer step happened. No host synchronisation."""
-    acc, args = run.accelerator, run.config.train
+    acc, args, window = run.accelerator, run.config.train, run.window
     with acc.accumulate(run.model):
-        loss = run.model(input_ids=input_ids, labels=input_ids).loss
+        # No KV cache in training: building one each forward costs time and, under FSDP with
+        # torch.compile, recompiles every block (the cache's layer index differs per block).
+        loss = run.model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
         acc.backward(loss)
-        run.loss_sum += loss.detach()
-        run.state.batches_since_log += 1
+        window.loss_sum += loss.detach()
+        window.micro_batches += 1
         if acc.sync_gradients:
             # An infinite bound measures the norm (for the log) without clipping.
             max_norm = args.max_grad_norm or float("inf")
-            run.last_grad_norm = acc.clip_grad_norm_(run.model.parameters(), max_norm)
+            window.grad_norm = acc.clip_grad_norm_(run.model.parameters(), max_norm)
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
     if not acc.sync_gradients:
@@ -342,21 +258,22 @@ def training_step(run: Run, input_ids: torch.Tensor) -> bool:
         run.ema.update()
     run.state.step += 1
     run.state.tokens_seen += run.tokens_per_step
-    run.interval_tokens += run.tokens_per_step
+    window.tokens += run.tokens_per_step
     # Remember the first step whose loss was not finite, on the device (read at logging time).
-    bad_now = (~torch.isfinite(loss.detach())) & (run.first_bad_step < 0)
-    run.first_bad_step = torch.where(bad_now, run.state.step, run.first_bad_step)
+    bad_now = (~torch.isfinite(loss.detach())) & (window.first_bad_step < 0)
+    window.first_bad_step = torch.where(bad_now, run.state.step, window.first_bad_step)
     return True
 
 
-def _stop_requested(run: Run, stop: StopRequest, saved: bool) -> bool:
-    """Did any process get a signal? Costs one tiny all-reduce per step when multi-process."""
-    requested = stop.requested
-    if run.accelerator.num_processes > 1:
-        flag = torch.tensor(float(requested), device=run.accelerator.device)
-        requested = run.accelerator.reduce(flag, reduction="sum").item() > 0
+def stop_requested(run: Run, stop: StopRequest, saved: bool) -> bool:
+    """Did any process get a signal? If so, checkpoint (unless this step just did) and say how
+    to resume. Multi-process, this is accelerate's trigger: one tiny all-reduce per step."""
+    acc = run.accelerator
+    if stop.requested:
+        acc.set_trigger()
+    requested = acc.check_trigger() if acc.num_processes > 1 else stop.requested
     if requested:
-        _check_finite(run)
+        check_finite(run)
         path = save(run) if not saved else list_checkpoints(run.config.train.output_dir)[-1]
         logger.info(
             "stopped at step %d; checkpoint saved to %s. Resume with the same command plus "
@@ -367,8 +284,9 @@ def _stop_requested(run: Run, stop: StopRequest, saved: bool) -> bool:
     return requested
 
 
-def _check_finite(run: Run) -> None:
-    bad_step = int(run.first_bad_step.item())  # host sync
+def check_finite(run: Run) -> None:
+    """Stop with a one-line error if a loss since the start was not finite (a host sync)."""
+    bad_step = int(run.window.first_bad_step.item())
     if bad_step >= 0:
         newest = list_checkpoints(run.config.train.output_dir)
         kept = f"the last good checkpoint is {newest[-1]}" if newest else "no checkpoint was saved"
@@ -379,38 +297,38 @@ def _check_finite(run: Run) -> None:
 
 
 def on_step_end(run: Run, progress) -> bool:
-    """Logging, evaluation and checkpoints after optimizer step `run.state.step`; returns
+    """Logging, validation and checkpoints after optimizer step `run.state.step`; returns
     whether a checkpoint was saved."""
-    args, state = run.config.train, run.state
-    is_last = state.step >= run.total_steps
-    log_now = state.step % args.logging_steps == 0 or is_last
-    eval_now = args.eval_steps and state.step % args.eval_steps == 0 and not is_last
-    save_now = args.save_steps and state.step % args.save_steps == 0 and not is_last
-    if log_now or eval_now or save_now:
-        _check_finite(run)
+    args, step = run.config.train, run.state.step
+    is_last = step >= run.total_steps
+    log_now = step % args.logging_steps == 0 or is_last
+    validate_now = args.eval_steps and step % args.eval_steps == 0 and not is_last
+    save_now = args.save_steps and step % args.save_steps == 0 and not is_last
+    if log_now or validate_now or save_now:
+        check_finite(run)
     if log_now:
         log_training(run, progress)
-    if eval_now:
-        evaluate(run, final=False)
+    if validate_now:
+        validate(run, final=False)
     if save_now:
         save(run)
     return bool(save_now)
 
 
 def log_training(run: Run, progress) -> None:
+    """Loss, learning rate, gradient norm, tokens/s and MFU of the window; then restart it."""
     from hfmini.throughput import mfu
 
-    acc, state = run.accelerator, run.state
-    loss_sum = run.loss_sum
+    acc, state, window = run.accelerator, run.state, run.window
+    loss_sum = window.loss_sum
     if acc.num_processes > 1:
         loss_sum = acc.reduce(loss_sum, reduction="mean")
-    loss = loss_sum.item() / max(1, state.batches_since_log)  # host sync
-    elapsed = time.perf_counter() - run.interval_start
-    tokens_per_second = run.interval_tokens / max(elapsed, 1e-9)
+    loss = loss_sum.item() / max(1, window.micro_batches)  # host sync
+    tokens_per_second = window.tokens / max(time.perf_counter() - window.started, 1e-9)
     metrics = {
         "train/loss": loss,
         "train/learning_rate": run.scheduler.get_last_lr()[0],
-        "train/grad_norm": float(run.last_grad_norm) if run.last_grad_norm is not None else 0.0,
+        "train/grad_norm": float(window.grad_norm) if window.grad_norm is not None else 0.0,
         "train/tokens_per_second": tokens_per_second,
         "train/mfu": mfu(
             run.flops_per_token, tokens_per_second / acc.num_processes, run.peak_flops
@@ -425,40 +343,20 @@ def log_training(run: Run, progress) -> None:
         tok_s=f"{tokens_per_second:,.0f}",
         refresh=False,
     )
-    run.loss_sum.zero_()
-    state.batches_since_log = 0
-    run.interval_start, run.interval_tokens = time.perf_counter(), 0
+    window.restart()
 
 
-def _inference_model(run: Run, final: bool = False):
-    """The model for evaluation and sampling, and whether the main process may use it alone.
-
-    Sharded models (FSDP, DeepSpeed) must run through their wrapper on every process; otherwise
-    the plain module, which avoids recompiling a compiled model for the ragged final block.
-    Evaluations during training run as the model trains (under bf16 autocast with mixed
-    precision, which is faster); the final one drops accelerate's autocast wrapper for good, so
-    its figures are those of the fp32 weights as exported.
-    """
-    from accelerate.utils import DistributedType
-
-    sharded = run.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-    if sharded:
-        return run.model, False
-    plain = run.accelerator.unwrap_model(
-        run.model, keep_fp32_wrapper=not final, keep_torch_compile=False
-    )
-    return plain, True
-
-
-def evaluate(run: Run, final: bool) -> dict:
-    """Score the validation split, sample from the prompts, log both, redraw the loss curve."""
+def validate(run: Run, final: bool) -> tuple[dict, list[tuple[str, str]]]:
+    """Score the validation split, sample from the prompts, log both, redraw the loss curve.
+    Returns (metrics, [(prompt, sample)])."""
     from hfmini.evaluation import evaluate_stream
     from hfmini.generate import generate_text
     from hfmini.plot import plot_runs
+    from hfmini.runtime import inference_model
 
     acc, args = run.accelerator, run.config.train
     started = time.perf_counter()
-    model, can_sample_alone = _inference_model(run, final)
+    model, can_sample_alone = inference_model(acc, run.model, final)
     metrics = evaluate_stream(
         model,
         run.data.eval_tokens,
@@ -476,9 +374,7 @@ def evaluate(run: Run, final: bool) -> dict:
                 run.tokenizer,
                 prompt,
                 args.sample_max_new_tokens,
-                temperature=0.8,
-                top_k=50,
-                top_p=0.95,
+                **SAMPLING_DEFAULTS,
                 seed=args.seed,
             )
             samples.append((prompt, text))
@@ -503,60 +399,56 @@ def evaluate(run: Run, final: bool) -> dict:
         )
         for prompt, text in samples:
             logger.info("sample:\n%s%s", prompt, text)
-    # Evaluation time is not training time.
-    run.interval_start += time.perf_counter() - started
-    run.last_samples = samples
+    # Validation time is not training time.
+    run.window.started += time.perf_counter() - started
     acc.wait_for_everyone()
-    return metrics
+    return metrics, samples
 
 
 def save(run: Run) -> Path:
-    """A resumable checkpoint of the current step."""
-    state = run.state
-    state.loss_since_log = float(run.loss_sum.item())
+    """A resumable checkpoint of the current step (with the logging window, so that logged
+    losses after a resume are exactly those of an uninterrupted run)."""
+    state, args = run.state, run.config.train
+    state.loss_since_log = float(run.window.loss_sum.item())
+    state.batches_since_log = run.window.micro_batches
     path = save_checkpoint(
         run.accelerator,
-        run.config.train.output_dir,
+        args.output_dir,
         state,
         run.scheduler,
         run.tokenizer,
-        run.config.train.save_total_limit,
+        args.save_total_limit,
         run.ema,
     )
     logger.info("checkpoint saved: %s", path)
-    args = run.config.train
     if args.push_to_hub and args.hub_strategy == "every_save" and run.accelerator.is_main_process:
         from hfmini.hub import push_snapshot
+        from hfmini.runtime import inference_model
 
-        model, _ = _inference_model(run)
+        model, _ = inference_model(run.accelerator, run.model)
         push_snapshot(model, run.tokenizer, args.hub_model_id, args.hub_private_repo, state.step)
     return path
 
 
-def _without_compile(model):
-    """The module torch.compile wrapped (DDP, FSDP or the model itself), or `model` if none."""
-    from accelerate.utils import is_compiled_module
-
-    return model._orig_mod if is_compiled_module(model) else model
-
-
 def finish(run: Run) -> dict:
-    """Final evaluation on the whole validation split, the exported Hub folder with its model
-    card and `evaluate` results, and the upload when push_to_hub is set."""
+    """Final validation on the whole split, the exported Hub folder with its model card and
+    `evaluate` results, and the upload when push_to_hub is set."""
     import evaluate as hf_evaluate
 
     from hfmini.card import write_model_card
+    from hfmini.export import save_model
+    from hfmini.runtime import without_compile
 
     if run.ema is not None:
-        # Training is over: the average takes the weights' place for the evaluation and export.
+        # Training is over: the average takes the weights' place for the validation and export.
         run.ema.copy_to_model()
         logger.info("final weights: the moving average (decay %s)", run.config.train.ema_decay)
-    metrics = evaluate(run, final=True)
+    metrics, samples = validate(run, final=True)
     acc, args = run.accelerator, run.config.train
     # Gathers the full weights on every process when sharded (FSDP/DeepSpeed); a no-op copy else.
     # Without torch.compile's wrapper, whose keys would all start with "_orig_mod." and load as
     # missing weights in from_pretrained.
-    state_dict = acc.get_state_dict(_without_compile(run.model))
+    state_dict = acc.get_state_dict(without_compile(run.model))
     if acc.is_main_process:
         model = acc.unwrap_model(run.model, keep_torch_compile=False)
         results = {
@@ -569,7 +461,7 @@ def finish(run: Run) -> dict:
         save_model(model, run.tokenizer, out, run.config.to_dict(), results, state_dict=state_dict)
         hf_evaluate.save(out, **results, config=run.config.to_dict())
         write_model_card(
-            out, run.config, results, run.last_samples, acc.num_processes, model.config
+            out, run.config, results, samples, acc.num_processes, model.config, acc.mixed_precision
         )
         logger.info("model saved to %s", out)
         if args.push_to_hub:
@@ -581,7 +473,7 @@ def finish(run: Run) -> dict:
 
 
 def run_training(config: Config) -> dict:
-    """The whole run. Returns the final evaluation metrics (empty if stopped by a signal)."""
+    """The whole run. Returns the final validation metrics (empty if stopped by a signal)."""
     with StopRequest() as stop:
         run = setup(config)
         try:

@@ -20,6 +20,7 @@ os.environ.pop("HF_DATASETS_CACHE", None)
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_RECIPE = REPO / "recipes" / "tiny" / "config.yaml"
+TRAIN_SCRIPT = REPO / "recipes" / "train.py"
 BIN = Path(sys.executable).parent
 
 
@@ -37,9 +38,12 @@ def fresh_accelerate_state():
     reset_accelerate()
 
 
-def short_run_args(output_dir: Path, max_steps: int = 4) -> list[str]:
-    """A few steps into `output_dir`, no evaluation before the final one, 4-token samples."""
+def tiny_run_args(output_dir: Path, max_steps: int = 4, *overrides: str) -> list[str]:
+    """The tiny recipe for a few steps into `output_dir`, with no evaluation before the final one
+    and 4-token samples; `overrides` (`--key`, `value`, ...) come last and win."""
     return [
+        "--config",
+        str(TINY_RECIPE),
         "--output_dir",
         str(output_dir),
         "--max_steps",
@@ -48,6 +52,7 @@ def short_run_args(output_dir: Path, max_steps: int = 4) -> list[str]:
         "0",
         "--sample_max_new_tokens",
         "4",
+        *overrides,
     ]
 
 
@@ -67,22 +72,16 @@ def assert_eval_reproduces_report(folder: Path, capsys, *eval_args: str) -> None
 @pytest.fixture
 def tiny_args(tmp_path):
     """Command-line arguments for a seconds-long run on the built-in corpus into tmp_path/out."""
-    return [
-        "--config",
-        str(TINY_RECIPE),
-        "--output_dir",
-        str(tmp_path / "out"),
-        "--max_steps",
-        "6",
+    return tiny_run_args(
+        tmp_path / "out",
+        6,
         "--logging_steps",
         "2",
-        "--eval_steps",
-        "0",
         "--max_eval_samples",
         "8",
         "--sample_max_new_tokens",
         "8",
-    ]
+    )
 
 
 def write_lines(path: Path, n_lines: int, seed: int = 0) -> Path:

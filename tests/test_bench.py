@@ -5,12 +5,14 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import REPO, TINY_RECIPE
 
 from hfmini.runtime import attention_for, use_all_cpu_cores
 
 
+@pytest.mark.slow
 def test_bench_runs_and_reports_ratios(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(

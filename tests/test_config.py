@@ -1,11 +1,9 @@
-from pathlib import Path
-
 import pytest
+from conftest import REPO, TINY_RECIPE
 
 from hfmini.config import parse_config
 from hfmini.errors import HfminiError
 
-REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted((REPO / "recipes").glob("*/config.yaml"))
 
 
@@ -95,3 +93,24 @@ def test_presets_and_overrides():
     assert config.model.shape() == (12, 12, 768)
     config = parse_config(["--model_size", "micro", "--n_layer", "6"])
     assert config.model.shape() == (6, 4, 128)
+
+
+def test_configuration_reference_is_current():
+    """docs/configuration.md is generated from the dataclasses: regenerate with `make docs`."""
+    from hfmini.config import reference_markdown
+
+    assert (REPO / "docs" / "configuration.md").read_text(encoding="utf-8") == reference_markdown()
+
+
+def test_dash_forms_listed_by_help_are_accepted():
+    config = parse_config(
+        ["--config", str(TINY_RECIPE), "--max-steps", "7", "--learning-rate=0.01"]
+    )
+    assert config.train.max_steps == 7 and config.train.learning_rate == 0.01
+
+
+def test_a_config_built_in_python_is_checked():
+    from hfmini.config import Config, DataArguments, ModelArguments, TrainArguments
+
+    with pytest.raises(HfminiError, match="block_size 128 is above the model's context"):
+        Config(DataArguments(block_size=128), ModelArguments(n_positions=64), TrainArguments())

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import write_lines
 
-from hfmini.config import DataArguments
+from hfmini.config import Config, DataArguments, ModelArguments, TrainArguments
 from hfmini.data import (
     CHUNK_CHARS,
     pack,
@@ -13,16 +13,31 @@ from hfmini.data import (
     split_document,
 )
 from hfmini.errors import HfminiError
-from hfmini.tokenizer import get_tokenizer
 
 
-def factory(vocab_size=300, seen=None):
-    def make(train_chunks):
-        if seen is not None:
-            seen.extend(train_chunks["text"])
-        return get_tokenizer(None, train_chunks, "text", vocab_size, 1024)
+def prepare(data_args, vocab_size=300):
+    """The training data stage on `data_args`, with a tokenizer of `vocab_size` trained on it."""
+    return prepare_data(Config(data_args, ModelArguments(vocab_size=vocab_size), TrainArguments()))
 
-    return make
+
+@pytest.fixture
+def seen(monkeypatch):
+    """The texts a tokenizer is trained on during the test, in order."""
+    from hfmini import tokenizer as tokenizer_module
+
+    texts = []
+    original = tokenizer_module.train_tokenizer
+
+    def spy(batches, *args, **kwargs):
+        def recorded():
+            for batch in batches:
+                texts.extend(batch)
+                yield batch
+
+        return original(recorded(), *args, **kwargs)
+
+    monkeypatch.setattr(tokenizer_module, "train_tokenizer", spy)
+    return texts
 
 
 @pytest.mark.parametrize("length", [0, 5, CHUNK_CHARS, 3 * CHUNK_CHARS + 17])
@@ -53,15 +68,14 @@ def test_pack_drops_only_the_tail():
         pack(torch.arange(5), 10, "validation")
 
 
-def test_local_text_files_documents_and_eos(tmp_path):
+def test_local_text_files_documents_and_eos(tmp_path, seen):
     a = write_lines(tmp_path / "train" / "a.txt", 300, seed=1)
     b = write_lines(tmp_path / "train" / "b.txt", 300, seed=2)
     val = write_lines(tmp_path / "val.txt", 200, seed=3)
     args = DataArguments(
         train_file=[str(tmp_path / "train")], validation_file=[str(val)], block_size=32
     )
-    seen = []
-    data, tokenizer = prepare_data(args, factory(seen=seen))
+    data, tokenizer = prepare(args)
     # The tokenizer saw the training text only.
     assert "".join(seen) == a.read_text() + b.read_text()
     # Two documents: the stream is a.txt EOS b.txt EOS (minus the final partial block).
@@ -94,7 +108,7 @@ def test_tabular_formats_with_text_column(tmp_path, fmt):
     args = DataArguments(
         train_file=[str(path)], text_column="body", block_size=16, validation_split_percentage=10
     )
-    data, tokenizer = prepare_data(args, factory())
+    data, tokenizer = prepare(args)
     # One EOS per document, split between train and the held-out tail.
     eos = tokenizer.eos_token_id
     total_eos = int((data.train_tokens == eos).sum() + (data.eval_tokens == eos).sum())
@@ -111,14 +125,13 @@ def test_missing_text_column_names_the_columns(tmp_path):
     path.write_text('{"content": "hello"}\n')
     args = DataArguments(train_file=[str(path)], block_size=4)
     with pytest.raises(HfminiError, match="its columns are content"):
-        prepare_data(args, factory())
+        prepare(args)
 
 
-def test_single_text_file_holds_out_a_tail(tmp_path):
+def test_single_text_file_holds_out_a_tail(tmp_path, seen):
     path = write_lines(tmp_path / "one.txt", 2000)
     args = DataArguments(train_file=[str(path)], block_size=32, validation_split_percentage=10)
-    seen = []
-    data, tokenizer = prepare_data(args, factory(seen=seen))
+    data, tokenizer = prepare(args)
     text = path.read_text()
     held_out = tokenizer.decode(data.eval_tokens.tolist()).removesuffix("<|endoftext|>")
     assert text.endswith(held_out) and "".join(seen) + held_out == text
@@ -129,7 +142,7 @@ def test_second_run_reads_the_cache(tmp_path, monkeypatch):
 
     path = write_lines(tmp_path / "c.txt", 3000, seed=5)
     args = DataArguments(train_file=[str(path)], block_size=32)
-    first, _ = prepare_data(args, factory())
+    first, _ = prepare(args)
     tokenized = []
     original = data_module._tokenize_batch
 
@@ -138,12 +151,12 @@ def test_second_run_reads_the_cache(tmp_path, monkeypatch):
         return original(batch, tokenizer)
 
     monkeypatch.setattr(data_module, "_tokenize_batch", spy)
-    second, _ = prepare_data(args, factory())
+    second, _ = prepare(args)
     assert torch.equal(first.train_tokens, second.train_tokens)
     assert tokenized == []  # read from the datasets cache: nothing was tokenized again
     # The spy does run when the input changes, so the check above can fail.
     path.write_text(path.read_text() + "one more line\n")
-    prepare_data(args, factory())
+    prepare(args)
     assert tokenized
 
 
@@ -161,16 +174,54 @@ def test_hub_code_path_on_a_local_dataset_folder(tmp_path):
         "".join(json.dumps({"text": f"Val {i}. " + "other words " * 20}) + "\n" for i in range(10))
     )
     args = DataArguments(dataset_name=str(folder), block_size=16)
-    data, tokenizer = prepare_data(args, factory())
+    data, tokenizer = prepare(args)
     assert tokenizer.decode(data.eval_tokens[:20].tolist()).startswith("Val 0. other words")
 
 
 def test_eval_tokens_from_a_validation_file(tmp_path):
     val = write_lines(tmp_path / "v.txt", 50)
-    data, tokenizer = prepare_data(DataArguments(block_size=64), factory(vocab_size=400))
+    data, tokenizer = prepare(DataArguments(block_size=64), vocab_size=400)
     tokens = prepare_eval_tokens(
         DataArguments(train_file=[str(val)], validation_file=[str(val)]), tokenizer
     )
     assert tokenizer.decode(tokens.tolist()) == val.read_text() + "<|endoftext|>"
     # The built-in corpus: validation is the three held-out plays.
     assert data.eval_tokens.numel() > 50_000
+
+
+@pytest.mark.parametrize("name", ["docs.jsonl.gz", "docs.json.zst", "docs.jsonl.bz2", "docs.arrow"])
+def test_what_datasets_reads_is_accepted(tmp_path, name):
+    """Compressed JSON lines and Arrow files train like plain .jsonl: the same token stream."""
+    import bz2
+    import gzip
+
+    import zstandard
+    from datasets import Dataset
+
+    rows = [
+        {"text": f"Document {i}: " + "now is the winter of our discontent " * 4} for i in range(80)
+    ]
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        path.write_bytes(gzip.compress(plain.read_bytes()))
+    elif name.endswith(".zst"):
+        path.write_bytes(zstandard.ZstdCompressor().compress(plain.read_bytes()))
+    elif name.endswith(".bz2"):
+        path.write_bytes(bz2.compress(plain.read_bytes()))
+    else:
+        Dataset.from_list(rows).save_to_disk(tmp_path / "saved")
+        (arrow,) = (tmp_path / "saved").glob("*.arrow")
+        arrow.rename(path)
+    args = DataArguments(train_file=[str(path)], block_size=16)
+    expected, _ = prepare(DataArguments(train_file=[str(plain)], block_size=16))
+    data, _ = prepare(args)
+    assert torch.equal(data.train_tokens, expected.train_tokens)
+
+
+def test_a_file_datasets_cannot_read_as_text_is_refused(tmp_path):
+    path = tmp_path / "picture.png"
+    path.write_bytes(b"\x89PNG\r\n")
+    with pytest.raises(HfminiError, match="picture.png is not a text format that datasets reads"):
+        prepare(DataArguments(train_file=[str(path)], block_size=16))

@@ -7,24 +7,23 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BIN, REPO, TINY_RECIPE, assert_eval_reproduces_report, reset_accelerate
+from conftest import (
+    BIN,
+    REPO,
+    TRAIN_SCRIPT,
+    assert_eval_reproduces_report,
+    reset_accelerate,
+    tiny_run_args,
+)
 from safetensors.torch import load_file
 
 from hfmini.config import parse_config
 from hfmini.train import run_training
 
-COMMON = [
-    "--config",
-    str(TINY_RECIPE),
-    "--max_steps",
-    "8",
-    "--logging_steps",
-    "2",
-    "--eval_steps",
-    "0",
-    "--sample_max_new_tokens",
-    "4",
-]
+
+def common(output_dir, *overrides):
+    """8 steps of the tiny recipe, logged every 2."""
+    return tiny_run_args(output_dir, 8, "--logging_steps", "2", *overrides)
 
 
 def rows(out):
@@ -36,6 +35,7 @@ def max_diff(a, b):
     return max((wa[k] - wb[k]).abs().max().item() for k in wa)
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_form_one_data_parallel_job(tmp_path):
     """2 processes × 4 blocks must equal 1 process × 8 blocks: each rank gets different blocks
     and gradients are averaged. Independent copies (the Accelerator(cpu=False) bug) would each
@@ -47,14 +47,10 @@ def test_torchrun_two_cpu_processes_form_one_data_parallel_job(tmp_path):
             "--standalone",
             "--nproc_per_node",
             "2",
-            "recipes/train.py",
-            *COMMON,
-            "--mixed_precision",
-            "no",
-            "--per_device_train_batch_size",
-            "4",
-            "--output_dir",
-            str(tmp_path / "two"),
+            str(TRAIN_SCRIPT),
+            *common(
+                tmp_path / "two", "--mixed_precision", "no", "--per_device_train_batch_size", "4"
+            ),
         ],
         cwd=REPO,
         env=env,
@@ -68,15 +64,9 @@ def test_torchrun_two_cpu_processes_form_one_data_parallel_job(tmp_path):
     assert two.stderr.count("model saved to") == 1  # only the main process writes and logs
     run_training(
         parse_config(
-            [
-                *COMMON,
-                "--mixed_precision",
-                "no",
-                "--per_device_train_batch_size",
-                "8",
-                "--output_dir",
-                str(tmp_path / "one"),
-            ]
+            common(
+                tmp_path / "one", "--mixed_precision", "no", "--per_device_train_batch_size", "8"
+            )
         )
     )
     train_two = [r for r in rows(tmp_path / "two") if "train/loss" in r]
@@ -98,12 +88,8 @@ def test_shipped_accelerate_configs_load(name):
 
 
 def test_gradient_checkpointing_gives_the_same_training(tmp_path):
-    run_training(parse_config([*COMMON, "--output_dir", str(tmp_path / "plain")]))
-    run_training(
-        parse_config(
-            [*COMMON, "--output_dir", str(tmp_path / "ckpt"), "--gradient_checkpointing", "true"]
-        )
-    )
+    run_training(parse_config(common(tmp_path / "plain")))
+    run_training(parse_config(common(tmp_path / "ckpt", "--gradient_checkpointing", "true")))
     assert max_diff(tmp_path / "plain", tmp_path / "ckpt") < 1e-5
 
 
@@ -113,9 +99,9 @@ def test_bf16_on_cpu_trains_under_autocast_and_reports_the_fp32_export(tmp_path,
     from transformers import AutoModelForCausalLM
 
     bf16, fp32 = tmp_path / "bf16", tmp_path / "fp32"
-    run_training(parse_config([*COMMON, "--output_dir", str(bf16), "--mixed_precision", "bf16"]))
+    run_training(parse_config(common(bf16, "--mixed_precision", "bf16")))
     reset_accelerate()
-    run_training(parse_config([*COMMON, "--output_dir", str(fp32), "--mixed_precision", "no"]))
+    run_training(parse_config(common(fp32, "--mixed_precision", "no")))
     bf16_losses = [r["train/loss"] for r in rows(bf16) if "train/loss" in r]
     fp32_losses = [r["train/loss"] for r in rows(fp32) if "train/loss" in r]
     assert bf16_losses != fp32_losses  # autocast really ran
@@ -126,15 +112,17 @@ def test_bf16_on_cpu_trains_under_autocast_and_reports_the_fp32_export(tmp_path,
     assert AutoModelForCausalLM.from_pretrained(bf16).config._attn_implementation == "sdpa"
 
     assert_eval_reproduces_report(bf16, capsys, "--batch_size", "32")
+    # Each card records the precision its run trained in, whatever this machine would pick.
+    assert "| precision | bf16 autocast, fp32 weights |" in (bf16 / "README.md").read_text()
+    assert "| precision | fp32 |" in (fp32 / "README.md").read_text()
 
 
 def test_fp16_on_cpu_warns_and_trains_in_fp32(tmp_path, caplog):
-    run_training(
-        parse_config([*COMMON, "--output_dir", str(tmp_path / "fp16"), "--mixed_precision", "fp16"])
-    )
+    run_training(parse_config(common(tmp_path / "fp16", "--mixed_precision", "fp16")))
     assert "needs a GPU: training in fp32" in caplog.text
     weights = load_file(tmp_path / "fp16" / "model.safetensors")
     assert {str(w.dtype) for w in weights.values()} == {"torch.float32"}
+    assert "| precision | fp32 |" in (tmp_path / "fp16" / "README.md").read_text()
 
 
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
@@ -158,19 +146,16 @@ def test_attention_is_eager_only_for_bf16_on_cpu():
     assert attention_for(torch.device("cuda"), "bf16") == "sdpa"
 
 
+@pytest.mark.slow
 def test_torch_compile_trains_like_eager_and_exports_a_plain_model(tmp_path, capsys):
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
-    args = [*COMMON, "--max_steps", "4", "--logging_steps", "1"]
-    run_training(parse_config([*args, "--output_dir", str(eager)]))
+    args = ["--max_steps", "4", "--logging_steps", "1"]
+    run_training(parse_config(common(eager, *args)))
     result = subprocess.run(
         [
             sys.executable,
-            "recipes/train.py",
-            *args,
-            "--output_dir",
-            str(compiled),
-            "--torch_compile",
-            "true",
+            str(TRAIN_SCRIPT),
+            *common(compiled, *args, "--torch_compile", "true"),
         ],
         cwd=REPO,
         capture_output=True,

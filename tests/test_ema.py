@@ -41,6 +41,7 @@ def test_average_follows_the_ramped_decay(tmp_path):
     torch.testing.assert_close(model.weight.detach(), ema.average[0])
 
 
+@pytest.mark.slow
 def test_a_run_with_ema_exports_and_scores_the_average(tiny_args, tmp_path, capsys):
     plain, averaged = tmp_path / "plain", tmp_path / "averaged"
     run_training(parse_config(tiny_args + ["--output_dir", str(plain)]))
@@ -58,12 +59,10 @@ def test_a_run_with_ema_exports_and_scores_the_average(tiny_args, tmp_path, caps
 def test_sharded_training_refuses_the_average_with_a_one_line_error(sharding):
     from accelerate.utils import DistributedType
 
-    from hfmini.train import _weight_average
+    from hfmini.ema import weight_average_for
 
     accelerator = SimpleNamespace(distributed_type=getattr(DistributedType, sharding))
-    config = parse_config(["--ema_decay", "0.99"])
-    run = SimpleNamespace(accelerator=accelerator, config=config, model=torch.nn.Linear(2, 2))
+    model = torch.nn.Linear(2, 2)
     with pytest.raises(HfminiError, match="set ema_decay 0 or train with DDP"):
-        _weight_average(run, resume_path=None)
-    config.train.ema_decay = 0.0
-    assert _weight_average(run, resume_path=None) is None  # off: nothing to refuse
+        weight_average_for(accelerator, model, 0.99, resume_path=None)
+    assert weight_average_for(accelerator, model, 0.0, resume_path=None) is None  # off

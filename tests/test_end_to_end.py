@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import BIN, REPO, TINY_RECIPE
+from conftest import BIN, REPO, TINY_RECIPE, TRAIN_SCRIPT
 
 LOAD_WITHOUT_HFMINI = """
 import sys
@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
             "no",
             "--dynamo_backend",
             "no",
-            "recipes/train.py",
+            str(TRAIN_SCRIPT),
             "--config",
             str(TINY_RECIPE),
             "--output_dir",
@@ -54,6 +54,7 @@ def trained(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_accelerate_launch_trains_and_plain_transformers_loads(trained, tmp_path):
     out, result = trained
     assert "parameters" in result.stderr and "tokens per optimizer step" in result.stderr
@@ -62,6 +63,7 @@ def test_accelerate_launch_trains_and_plain_transformers_loads(trained, tmp_path
     assert "LOADED GPT2LMHeadModel 512" in loaded.stdout
 
 
+@pytest.mark.slow
 def test_hfmini_generate_streams(trained):
     out, _ = trained
     result = run(
@@ -81,6 +83,7 @@ def test_hfmini_generate_streams(trained):
     assert result.stdout.startswith("ROMEO:") and len(result.stdout) > len("ROMEO:") + 5
 
 
+@pytest.mark.slow
 def test_hfmini_eval_prints_json_last(trained, tmp_path):
     out, _ = trained
     result = run([str(BIN / "hfmini"), "eval", str(out)])
@@ -99,6 +102,7 @@ def test_hfmini_eval_prints_json_last(trained, tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_hfmini_train_is_the_same_entry_point(tmp_path):
     result = run(
         [
@@ -122,7 +126,7 @@ def test_hfmini_train_is_the_same_entry_point(tmp_path):
 
 def test_errors_are_one_line_without_traceback(tmp_path):
     result = run(
-        [sys.executable, "recipes/train.py", "--config", str(TINY_RECIPE), "--learning_rte", "0.1"]
+        [sys.executable, str(TRAIN_SCRIPT), "--config", str(TINY_RECIPE), "--learning_rte", "0.1"]
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

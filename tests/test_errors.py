@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RECIPE, short_run_args, write_lines
+from conftest import TINY_RECIPE, tiny_run_args, write_lines
 
 from hfmini import cli
 from hfmini import train as train_module
@@ -18,7 +18,8 @@ from hfmini.errors import HfminiError
 
 
 def train_error(capsys, *argv) -> str:
-    code = train_module.main(["--config", str(TINY_RECIPE), *argv])
+    config = [] if "--config" in argv else ["--config", str(TINY_RECIPE)]
+    code = train_module.main([*config, *argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2, err
     assert err[-1].startswith("error: ") and "Traceback" not in "\n".join(err)
@@ -35,7 +36,7 @@ def cli_error(capsys, *argv) -> str:
 
 @pytest.fixture
 def quick(tmp_path):
-    return [*short_run_args(tmp_path / "out"), "--save_steps", "2"]
+    return tiny_run_args(tmp_path / "out", 4, "--save_steps", "2")
 
 
 # --- configuration --------------------------------------------------------------------------
@@ -141,15 +142,15 @@ def test_malformed_json(capsys, quick, tmp_path):
 
 
 def test_invalid_utf8_is_replaced_and_counted(tmp_path, caplog):
-    from hfmini.config import DataArguments
+    from hfmini.config import Config, DataArguments, ModelArguments, TrainArguments
     from hfmini.data import prepare_data
-    from hfmini.tokenizer import get_tokenizer
 
     good = write_lines(tmp_path / "good.txt", 300).read_bytes()
     cut = good.index(b"\n", 500) + 1  # between lines, so no valid character is split
     (tmp_path / "mixed.txt").write_bytes(good[:cut] + b"\xff\xfe\xc3" + good[cut:] + b"\x80")
     args = DataArguments(train_file=[str(tmp_path / "mixed.txt")], block_size=16)
-    data, tokenizer = prepare_data(args, lambda tr: get_tokenizer(None, tr, "text", 300, 64))
+    config = Config(args, ModelArguments(vocab_size=300), TrainArguments())
+    data, tokenizer = prepare_data(config)
     assert "4 bytes that are not valid UTF-8 in 1 file(s)" in caplog.text
     text = tokenizer.decode(data.train_tokens.tolist() + data.eval_tokens.tolist())
     assert "\ufffd" in text

@@ -3,7 +3,7 @@
 import os
 
 import pytest
-from conftest import short_run_args
+from conftest import tiny_run_args
 from huggingface_hub.utils import filter_repo_objects
 
 from hfmini import hub
@@ -53,9 +53,7 @@ def fake_hub(monkeypatch):
 
 def push_args(tmp_path, *extra):
     return [
-        "--config",
-        "recipes/tiny/config.yaml",
-        *short_run_args(tmp_path / "out"),
+        *tiny_run_args(tmp_path / "out"),
         "--push_to_hub",
         "true",
         "--hub_model_id",

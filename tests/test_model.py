@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from hfmini.config import ModelArguments
-from hfmini.model import MODEL_PRESETS, build_model, count_parameters, flops_per_token
+from hfmini.config import MODEL_PRESETS, ModelArguments
+from hfmini.model import build_model, count_parameters, flops_per_token
 from hfmini.tokenizer import train_tokenizer
 
 
@@ -53,4 +53,6 @@ def test_parameter_count_and_flops(tokenizer):
     )
     expected = vocab * d + ctx * d + layers * per_block + 2 * d
     assert count_parameters(model) == expected
-    assert flops_per_token(model) == 6 * (expected - ctx * d) + 12 * layers * ctx * d
+    assert flops_per_token(model, ctx) == 6 * (expected - ctx * d) + 12 * layers * ctx * d
+    # Blocks shorter than the context attend over fewer positions: T is the trained length.
+    assert flops_per_token(model, 16) == 6 * (expected - ctx * d) + 12 * layers * 16 * d

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, TINY_RECIPE, write_lines
+from conftest import REPO, TRAIN_SCRIPT, tiny_run_args, write_lines
 from safetensors.torch import load_file
 
 from hfmini.checkpoint import TrainState, list_checkpoints, resolve_resume_path
@@ -42,9 +42,9 @@ def small_data_args(tmp_path):
     val = write_lines(tmp_path / "val.txt", 60, seed=4)
 
     def make(out, *extra):
-        return [
-            "--config",
-            str(TINY_RECIPE),
+        return tiny_run_args(
+            out,
+            10,
             "--train_file",
             str(text),
             "--validation_file",
@@ -53,24 +53,16 @@ def small_data_args(tmp_path):
             "300",
             "--block_size",
             "32",
-            "--output_dir",
-            str(out),
             "--per_device_train_batch_size",
             "8",
             "--gradient_accumulation_steps",
             "3",
-            "--max_steps",
-            "10",
             "--logging_steps",
             "1",
-            "--eval_steps",
-            "0",
-            "--sample_max_new_tokens",
-            "4",
             "--warmup_steps",
             "2",
             *extra,
-        ]
+        )
 
     return make
 
@@ -182,25 +174,19 @@ def _wait_for_step(metrics_path, step, proc, timeout=120):
     raise AssertionError("training did not reach the step in time")
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_resume_matches(tmp_path):
-    base = [
-        sys.executable,
-        "recipes/train.py",
-        "--config",
-        str(TINY_RECIPE),
-        "--max_steps",
-        "400",
-        "--logging_steps",
-        "1",
-        "--eval_steps",
-        "0",
-        "--sample_max_new_tokens",
-        "4",
-    ]
+    def command(out, *extra):
+        return [
+            sys.executable,
+            str(TRAIN_SCRIPT),
+            *tiny_run_args(out, 400, "--logging_steps", "1", *extra),
+        ]
+
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     full, stopped = tmp_path / "full", tmp_path / "stopped"
     proc = subprocess.Popen(
-        base + ["--output_dir", str(stopped)],
+        command(stopped),
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -217,16 +203,14 @@ def test_sigterm_checkpoints_and_resume_matches(tmp_path):
     assert 20 <= stopped_at < 400
     assert not (stopped / "model.safetensors").exists()
     resumed = subprocess.run(
-        base + ["--output_dir", str(stopped), "--resume_from_checkpoint", "latest"],
+        command(stopped, "--resume_from_checkpoint", "latest"),
         cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    uninterrupted = subprocess.run(
-        base + ["--output_dir", str(full)], cwd=REPO, env=env, capture_output=True, text=True
-    )
+    uninterrupted = subprocess.run(command(full), cwd=REPO, env=env, capture_output=True, text=True)
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
     assert losses(stopped) == pytest.approx(losses(full), rel=1e-5)
     diff = max_weight_diff(full, stopped)

@@ -6,7 +6,7 @@ import struct
 import subprocess
 
 import pytest
-from conftest import BIN, REPO
+from conftest import BIN, REPO, tiny_run_args
 
 from hfmini.config import known_keys, parse_config
 from hfmini.errors import HfminiError
@@ -32,13 +32,9 @@ def tracked_run(tmp_path_factory):
     os.environ["HOME"] = str(home)  # no ~/.netrc login either
     try:
         config = parse_config(
-            [
-                "--config",
-                "recipes/tiny/config.yaml",
-                "--output_dir",
-                str(out),
-                "--max_steps",
-                "12",
+            tiny_run_args(
+                out,
+                12,
                 "--logging_steps",
                 "3",
                 "--eval_steps",
@@ -50,7 +46,7 @@ def tracked_run(tmp_path_factory):
                 "--sample_prompts",
                 "ROMEO:",
                 "JULIET:",
-            ]
+            )
         )
         metrics = run_training(config)
         mode = os.environ.get("WANDB_MODE")
@@ -186,24 +182,7 @@ def test_wandb_api_key_is_never_written(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("WANDB_API_KEY", secret)
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "out"
-    run_training(
-        parse_config(
-            [
-                "--config",
-                "recipes/tiny/config.yaml",
-                "--output_dir",
-                str(out),
-                "--max_steps",
-                "2",
-                "--eval_steps",
-                "0",
-                "--report_to",
-                "wandb",
-                "--sample_max_new_tokens",
-                "4",
-            ]
-        )
-    )
+    run_training(parse_config(tiny_run_args(out, 2, "--report_to", "wandb")))
     files = [p for p in out.rglob("*") if p.is_file()]
     assert any("wandb" in str(p) for p in files)
     for path in files:

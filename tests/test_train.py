@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from conftest import tiny_run_args
 
 from hfmini.config import parse_config
 from hfmini.errors import HfminiError
@@ -49,26 +50,18 @@ def test_gradient_accumulation_counts_optimizer_steps(tiny_args, tmp_path):
 def test_epochs_bound_the_run(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("the quick brown fox jumps over the lazy dog\n" * 400)
-    args = [
-        "--config",
-        "recipes/tiny/config.yaml",
-        "--output_dir",
-        str(tmp_path / "out"),
+    args = tiny_run_args(
+        tmp_path / "out",
+        -1,
         "--train_file",
         str(text),
-        "--max_steps",
-        "-1",
         "--num_train_epochs",
         "2",
         "--block_size",
         "32",
-        "--eval_steps",
-        "0",
-        "--sample_max_new_tokens",
-        "4",
         "--vocab_size",
         "300",
-    ]
+    )
     config = parse_config(args)
     run_training(config)
     results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
@@ -84,6 +77,9 @@ def test_refuses_to_overwrite_a_finished_run(tiny_args, tmp_path):
     run_training(parse_config(tiny_args + ["--overwrite_output_dir", "true", "--seed", "1"]))
     assert (tmp_path / "out" / "model.safetensors").read_bytes() != weights
     assert len([r for r in read_rows(tmp_path / "out") if "train/loss" in r]) == 3  # not mixed
+    # The previous run's evaluate.save result went with it: one result-*.json, the new run's.
+    (result,) = (tmp_path / "out").glob("result-*.json")
+    assert json.loads(result.read_text())["config"]["seed"] == 1
 
 
 def test_output_dir_that_is_a_file(tiny_args, tmp_path):
@@ -112,3 +108,31 @@ def test_max_grad_norm_zero_means_no_clipping(tiny_args, tmp_path):
     assert max((off[k] - tight[k]).abs().max() for k in off) > 1e-3
     assert "| gradient clipping | none |" in (tmp_path / "off" / "README.md").read_text()
     assert "| gradient clipping | 0.0001 |" in (tmp_path / "tight" / "README.md").read_text()
+
+
+def test_training_and_validation_build_no_kv_cache(tiny_args, monkeypatch):
+    """A cache per training forward is wasted work, and under FSDP + torch.compile it made every
+    GPT-2 block recompile (seen on an H100). Only sampling may build one."""
+    from transformers import cache_utils
+
+    from hfmini.evaluation import evaluate_stream
+    from hfmini.interrupt import StopRequest
+    from hfmini.train import setup, train
+
+    run = setup(parse_config(tiny_args))
+    built = []
+    original = cache_utils.DynamicCache.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cache_utils.DynamicCache, "__init__", counting)
+    with StopRequest() as stop:
+        assert train(run, stop)
+    evaluate_stream(run.model, run.data.eval_tokens, 64, 8, run.token_bytes)
+    run.accelerator.end_training()
+    assert built == []
+    # The counter does see a cache when one is built, so the check above can fail.
+    run.model(input_ids=run.data.eval_tokens[:8].long()[None], use_cache=True)
+    assert built
