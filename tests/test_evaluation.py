@@ -14,7 +14,7 @@ class UniformModel(torch.nn.Module):
         self.vocab = vocab
         self.dummy = torch.nn.Parameter(torch.zeros(1))
 
-    def forward(self, input_ids):
+    def forward(self, input_ids, use_cache=None):  # the arguments hfmini passes a causal LM
         b, t = input_ids.shape
         return type("Out", (), {"logits": torch.zeros(b, t, self.vocab) + self.dummy})()
 
