@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hfmini.errors import HfminiError
-from hfmini.export import holds_finished_model
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +36,9 @@ class TrainState:
     # The logging window at save time, so the first loss logged after a resume is exact.
     loss_since_log: float = 0.0  # sum of micro-batch losses since the last logged step
     batches_since_log: int = 0
+    # What the run is, so that a resume with other settings or data is refused.
+    settings: dict = dataclasses.field(default_factory=dict)  # training_settings(config)
+    data_fingerprint: str = ""  # PreparedData.fingerprint()
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -121,35 +123,154 @@ def resolve_resume_path(output_dir: str | Path, resume_from_checkpoint: str) -> 
     return path
 
 
+# Held (flock) by a run's main process for the whole run; it stays afterwards as the mark that
+# hfmini made the folder, so a later run may write there again.
+LOCK_FILE = ".hfmini.lock"
+# The final model is written here inside output_dir, then moved into place (hfmini.export).
+EXPORT_TMP = ".export.tmp"
+# What hfmini writes into output_dir besides checkpoints; --overwrite_output_dir removes these only.
+RUN_FILES = (
+    "metrics.jsonl",
+    "loss_curve.png",
+    "eval_results.json",
+    "training_config.yaml",
+    "README.md",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "model.safetensors.index.json",
+    "wandb",
+    EXPORT_TMP,
+)
+
+
+def holds_finished_model(output_dir: str | Path) -> bool:
+    """config.json with complete weights: an export cut short (kill, full disk) is not finished."""
+    out = Path(output_dir)
+    weights = list(out.glob("model*.safetensors"))
+    return (
+        (out / "config.json").is_file() and bool(weights) and all(map(_weights_readable, weights))
+    )
+
+
+def _made_by_hfmini(out: Path) -> bool:
+    """hfmini's lock file, or what an earlier hfmini run (before the lock) left there."""
+    return any((out / name).exists() for name in (LOCK_FILE, "metrics.jsonl", "checkpoints"))
+
+
+def check_output_dir_is_ours(out: Path) -> None:
+    """Only a new, empty or hfmini-made folder may be written into: never a user's own files."""
+    if out.exists() and not out.is_dir():
+        raise HfminiError(f"output_dir {out} is a file: choose a folder path")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if entries and not _made_by_hfmini(out):
+        shown = ", ".join(entries[:4]) + (
+            f" and {len(entries) - 4} more" if len(entries) > 4 else ""
+        )
+        raise HfminiError(
+            f"output_dir {out} already holds files that hfmini did not write ({shown}): choose a "
+            "new or empty folder"
+        )
+
+
 def check_output_dir(args) -> Path | None:
     """Refuse to mix runs; returns the checkpoint to resume from, if any. Runs before any work."""
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():
         raise HfminiError(f"output_dir {out} is a file: choose a folder path")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if entries and not _made_by_hfmini(out):
+        shown = ", ".join(entries[:4]) + (
+            f" and {len(entries) - 4} more" if len(entries) > 4 else ""
+        )
+        raise HfminiError(
+            f"output_dir {out} already holds files that hfmini did not write ({shown}): choose a "
+            "new or empty folder"
+        )
+    deletes = "--overwrite_output_dir (which deletes its checkpoints and model)"
     if args.resume_from_checkpoint:
         if args.overwrite_output_dir:
             raise HfminiError("use either --resume_from_checkpoint or --overwrite_output_dir")
         if holds_finished_model(out):
             raise HfminiError(
                 f"{out} already holds a finished model: there is nothing to resume; pick a new "
-                "output_dir or add --overwrite_output_dir to start again"
+                f"output_dir or start again with {deletes}"
             )
         return resolve_resume_path(out, args.resume_from_checkpoint)
     has_run = holds_finished_model(out) or list_checkpoints(out) or (out / "metrics.jsonl").exists()
     if has_run and not args.overwrite_output_dir:
-        hint = "--resume_from_checkpoint latest to continue or " if list_checkpoints(out) else ""
+        hint = "--resume_from_checkpoint latest to continue, or " if list_checkpoints(out) else ""
         raise HfminiError(
-            f"output_dir {out} already holds a run: add {hint}--overwrite_output_dir to replace "
-            "it, or choose another output_dir"
+            f"output_dir {out} already holds a run: add {hint}{deletes}, or choose another "
+            "output_dir"
         )
     return None
 
 
+def _unwritable(out: Path, err: OSError) -> HfminiError:
+    return HfminiError(
+        f"output_dir {out} cannot be written ({err.strerror or err}): choose a folder you can "
+        "write to"
+    )
+
+
+class OutputDirLock:
+    """`output_dir` claimed for one run: created if needed, checked writable, and locked against a
+    second run until the process ends. A folder this run created and left empty is removed."""
+
+    def __init__(self, output_dir: str | Path, enabled: bool = True):
+        self.out = Path(output_dir)
+        self.enabled = enabled  # only a run's main process claims the folder
+        self.handle = None
+        self.created = False
+
+    def __enter__(self) -> OutputDirLock:
+        import fcntl
+
+        if not self.enabled:
+            return self
+        check_output_dir_is_ours(self.out)  # before writing anything into it
+        try:
+            self.created = not self.out.exists()
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / f".hfmini-write-test-{os.getpid()}"
+            probe.write_bytes(b"")  # read-only folders can still hold a lock file: try a write
+            probe.unlink()
+            self.handle = open(self.out / LOCK_FILE, "a+")  # noqa: SIM115 (held for the run)
+        except OSError as err:
+            raise _unwritable(self.out, err) from None
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            owner = self.handle.read().strip() or "unknown"
+            self.handle.close()
+            raise HfminiError(
+                f"output_dir {self.out} is in use by another hfmini run (process {owner}): wait "
+                "for it to finish, or choose another output_dir"
+            ) from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"{os.getpid()}\n")
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is None:
+            return
+        self.handle.close()  # releases the lock
+        if self.created and [p.name for p in self.out.iterdir()] == [LOCK_FILE]:
+            shutil.rmtree(self.out, ignore_errors=True)  # nothing of the run's own was written
+
+
 def clear_previous_run(output_dir: Path) -> None:
     """With --overwrite_output_dir: remove what hfmini wrote before, and only that."""
-    names = ["checkpoints", "metrics.jsonl", "loss_curve.png", "eval_results.json"]
+    names = ["checkpoints", *RUN_FILES]
     # evaluate.save names its file after the time of writing: result-<date>-<time>.json.
     names += [path.name for path in output_dir.glob("result-*.json")]
+    names += [path.name for path in output_dir.glob("model*.safetensors")]
     for name in names:
         path = output_dir / name
         if path.is_dir():
@@ -227,3 +348,99 @@ def load_checkpoint(accelerator, path: Path, scheduler) -> TrainState:
             "model shape; resume from an older checkpoint or start fresh"
         ) from None
     return TrainState.from_json((path / STATE_FILE).read_text())
+
+
+# Settings a resumed run may change: they decide what is logged, evaluated, saved or published, or
+# where the data is read from, never what the weights become. The data itself is compared by its
+# fingerprint instead.
+RESUMABLE_SETTINGS = frozenset(
+    {
+        "output_dir",
+        "overwrite_output_dir",
+        "resume_from_checkpoint",
+        "logging_steps",
+        "eval_steps",
+        "save_steps",
+        "save_total_limit",
+        "report_to",
+        "run_name",
+        "project_name",
+        "sample_prompts",
+        "sample_max_new_tokens",
+        "push_to_hub",
+        "hub_model_id",
+        "hub_private_repo",
+        "hub_strategy",
+        "license",
+        "max_eval_samples",
+        "per_device_eval_batch_size",
+        "preprocessing_num_workers",
+        "torch_compile",
+        "gradient_checkpointing",
+        "dataset_name",
+        "dataset_config_name",
+        "train_file",
+        "validation_file",
+        "text_column",
+        "tokenizer_name",
+    }
+)
+# With a schedule that does not depend on the run's length, these may grow on resume.
+_LENGTH_SETTINGS = {"max_steps", "num_train_epochs"}
+_LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup")
+
+
+def training_settings(config) -> dict:
+    """The settings that decide what the weights become, as JSON values (what a checkpoint keeps)."""
+    values = config.to_dict()
+    return json.loads(json.dumps({k: v for k, v in values.items() if k not in RESUMABLE_SETTINGS}))
+
+
+def check_resume_settings(saved: TrainState, config) -> None:
+    """Refuse a resume whose settings would not continue the same run, listing the changes."""
+    if not saved.settings:
+        logger.warning(
+            "the checkpoint records no settings (an older hfmini wrote it): cannot check that "
+            "this run's settings match the checkpoint's"
+        )
+        return
+    now = training_settings(config)
+    changed = sorted(
+        k for k in set(now) | set(saved.settings) if now.get(k) != saved.settings.get(k)
+    )
+    if (
+        set(changed) <= _LENGTH_SETTINGS
+        and config.train.lr_scheduler_type in _LENGTH_FREE_SCHEDULES
+    ):
+        for key in changed:
+            logger.info(
+                "%s %s → %s: the %s learning rate %g goes on unchanged",
+                key,
+                saved.settings[key],
+                now[key],
+                config.train.lr_scheduler_type,
+                config.train.learning_rate,
+            )
+        return
+    if changed:
+        listed = "; ".join(f"{k} {saved.settings.get(k)!r} → {now.get(k)!r}" for k in changed)
+        schedule = (
+            f" (the {config.train.lr_scheduler_type} schedule is laid out over the run's length)"
+            if set(changed) & _LENGTH_SETTINGS
+            else ""
+        )
+        raise HfminiError(
+            f"these settings differ from the checkpoint's, so the run would not continue as it "
+            f"was{schedule}: {listed}; resume with the checkpoint's settings, or start a new run "
+            "in another output_dir"
+        )
+
+
+def check_resume_data(saved: TrainState, fingerprint: str) -> None:
+    """Refuse a resume on other data: the saved data position would skip blocks of the new data."""
+    if saved.data_fingerprint and saved.data_fingerprint != fingerprint:
+        raise HfminiError(
+            "the training or validation data differ from the checkpoint's (after tokenization), "
+            "so resuming would skip blocks of the new data: resume on the same data, or start a "
+            "new run in another output_dir"
+        )

@@ -46,6 +46,22 @@ def hfmini_cache_dir() -> Path:
     return Path(root) / "hfmini"
 
 
+def check_cache_writable() -> None:
+    """The Hugging Face cache (datasets, trained tokenizers, the built-in corpus) must take files:
+    checked before any work, so that a read-only HF_HOME is one line, not a traceback later."""
+    folder = hfmini_cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise HfminiError(
+            f"the Hugging Face cache {folder.parent} cannot be written ({err.strerror or err}): "
+            "set HF_HOME to a folder you can write to"
+        ) from None
+
+
 @dataclass
 class DataArguments:
     """Where the text comes from and how it becomes blocks of token ids."""

@@ -46,6 +46,13 @@ class PreparedData:
     def num_train_blocks(self) -> int:
         return self.train_tokens.numel() // self.block_size
 
+    def fingerprint(self) -> str:
+        """A hash of both token streams, to tell data apart on resume. One pass over the tokens."""
+        digest = hashlib.sha256()
+        for tokens in (self.train_tokens, self.eval_tokens):
+            digest.update(tokens.numpy().tobytes())
+        return digest.hexdigest()[:16]
+
 
 class BlockDataset(torch.utils.data.Dataset):
     """Block i of a flat token tensor as {"input_ids": (block_size,) int64}."""

@@ -4,22 +4,24 @@ output_dir/
   config.json  model.safetensors  generation_config.json     ← save_pretrained
   tokenizer.json  tokenizer_config.json                      ← tokenizer.save_pretrained
   training_config.yaml  eval_results.json                    ← how it was made, what it scored
+
+Everything is first written to output_dir/.export.tmp/ and then moved into place, the weights
+last: a kill or a full disk never leaves what looks like a finished model.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import yaml
+from safetensors import SafetensorError
 
+from hfmini.checkpoint import EXPORT_TMP
 from hfmini.config import SAMPLING_DEFAULTS
-
-FINISHED_MARKERS = ("config.json", "model.safetensors")
-
-
-def holds_finished_model(output_dir: str | Path) -> bool:
-    return any((Path(output_dir) / name).exists() for name in FINISHED_MARKERS)
+from hfmini.errors import HfminiError
 
 
 def generation_config_for(model, tokenizer):
@@ -44,19 +46,34 @@ def save_model(
     eval_results: dict | None = None,
     state_dict: dict | None = None,
 ) -> Path:
-    """Write the Hub layout into output_dir (weights as safetensors, never pickle).
+    """Write the Hub layout into output_dir (weights as safetensors, never pickle), atomically.
 
     `state_dict`: full weights gathered from a sharded model; default the model's own.
     """
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model.generation_config = generation_config_for(model, tokenizer)
-    model.save_pretrained(output_dir, state_dict=state_dict)  # safetensors: the only format in v5
-    tokenizer.save_pretrained(output_dir)
-    if config_dict is not None:
-        (output_dir / "training_config.yaml").write_text(
-            yaml.safe_dump(config_dict, sort_keys=False), encoding="utf-8"
-        )
-    if eval_results is not None:
-        (output_dir / "eval_results.json").write_text(json.dumps(eval_results, indent=2) + "\n")
+    tmp = output_dir / EXPORT_TMP
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        model.generation_config = generation_config_for(model, tokenizer)
+        model.save_pretrained(tmp, state_dict=state_dict)  # safetensors: the only format in v5
+        tokenizer.save_pretrained(tmp)
+        if config_dict is not None:
+            (tmp / "training_config.yaml").write_text(
+                yaml.safe_dump(config_dict, sort_keys=False), encoding="utf-8"
+            )
+        if eval_results is not None:
+            (tmp / "eval_results.json").write_text(json.dumps(eval_results, indent=2) + "\n")
+        # Renames within one folder: no copy, no extra space. Weights last (see the docstring).
+        for path in sorted(tmp.iterdir(), key=lambda p: p.name.endswith(".safetensors")):
+            os.replace(path, output_dir / path.name)
+    # A full disk comes out of safetensors as SafetensorError and of torch as RuntimeError.
+    except (OSError, RuntimeError, SafetensorError) as err:
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0][:120]
+        raise HfminiError(
+            f"could not write the model to {output_dir} ({reason}): free disk space, then run again "
+            "(add --resume_from_checkpoint latest if the run saved checkpoints: they are untouched)"
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return output_dir

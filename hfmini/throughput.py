@@ -17,8 +17,11 @@ def measure_peak_flops(
 
     Runs square matmuls for about `seconds`. On CPU it uses torch's current thread count.
     """
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
+    # A private generator: the global RNG may have just been restored from a checkpoint, and its
+    # next draws belong to dropout, exactly as in the run that saved it.
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
     for _ in range(3):  # warm-up: thread pools, kernel selection
         a @ b
     _synchronize(device)

@@ -21,14 +21,19 @@ from typing import TYPE_CHECKING
 import torch
 
 from hfmini.checkpoint import (
+    STATE_FILE,
+    OutputDirLock,
     TrainState,
     check_output_dir,
+    check_resume_data,
+    check_resume_settings,
     clear_previous_run,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
+    training_settings,
 )
-from hfmini.config import SAMPLING_DEFAULTS, Config, parse_config
+from hfmini.config import SAMPLING_DEFAULTS, Config, check_cache_writable, parse_config
 from hfmini.errors import HfminiError
 from hfmini.interrupt import StopRequest
 
@@ -109,7 +114,13 @@ def setup(config: Config) -> Run:
     from hfmini.tracking import RunLogger, log_run_start, start_trackers, truncate_metrics_after
 
     args = config.train
-    resume_path = check_output_dir(args)  # before anything expensive
+    # Everything is checked before anything expensive runs or anything is deleted.
+    resume_path = check_output_dir(args)
+    saved_state = TrainState()
+    if resume_path is not None:
+        saved_state = TrainState.from_json((resume_path / STATE_FILE).read_text())
+        check_resume_settings(saved_state, config)
+    check_cache_writable()
     if args.push_to_hub:
         from hfmini.hub import check_hub_access
 
@@ -118,9 +129,7 @@ def setup(config: Config) -> Run:
     configure_logging(accelerator)
     use_all_cpu_cores()
     output_dir = Path(args.output_dir)
-    if accelerator.is_main_process:
-        if args.overwrite_output_dir:
-            clear_previous_run(output_dir)
+    if accelerator.is_main_process:  # run_training's lock made it already; bench calls setup alone
         output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(args.seed)
 
@@ -128,6 +137,8 @@ def setup(config: Config) -> Run:
     # others then read them instead of repeating the work.
     with accelerator.main_process_first():
         data, tokenizer = prepare_data(config, resume_path)
+    fingerprint = data.fingerprint()
+    check_resume_data(saved_state, fingerprint)
 
     precision = accelerator.mixed_precision
     model = build_model(
@@ -146,19 +157,26 @@ def setup(config: Config) -> Run:
         batch_size=args.per_device_train_batch_size,
         shuffle=True,
         drop_last=True,  # fixed shapes: no recompilation for a ragged last batch
+        # Its own generator: starting an epoch (or a resumed one) then draws nothing from the
+        # global RNG, whose restored state must go to dropout exactly as in an unbroken run.
+        generator=torch.Generator().manual_seed(args.seed),
     )
     if len(loader) == 0:
         raise HfminiError(
             f"the train split has {data.num_train_blocks} blocks, fewer than one batch of "
             f"{args.per_device_train_batch_size}: lower per_device_train_batch_size or block_size"
         )
+    if args.overwrite_output_dir and accelerator.is_main_process:
+        clear_previous_run(output_dir)  # only now that the data, model and batch are known good
+    accelerator.wait_for_everyone()
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     total_steps = config.total_train_steps(len(loader))
     # Not prepared: accelerate would step a prepared scheduler once per process.
     scheduler = build_scheduler(optimizer, args, total_steps)
-    state = TrainState()
+    state = TrainState(settings=training_settings(config), data_fingerprint=fingerprint)
     if resume_path is not None:
         state = load_checkpoint(accelerator, resume_path, scheduler)
+        state.settings = training_settings(config)  # a longer constant schedule may differ
         if accelerator.is_main_process:
             truncate_metrics_after(output_dir, state.step)
         logger.info("resumed from %s at step %d", resume_path, state.step)
@@ -473,8 +491,12 @@ def finish(run: Run) -> dict:
 
 
 def run_training(config: Config) -> dict:
-    """The whole run. Returns the final validation metrics (empty if stopped by a signal)."""
-    with StopRequest() as stop:
+    """The whole run. Returns the final validation metrics (empty if stopped by a signal).
+
+    The main process (rank 0, as launchers number them) holds output_dir's lock throughout.
+    """
+    main_process = os.environ.get("RANK", "0") == "0"
+    with StopRequest() as stop, OutputDirLock(config.train.output_dir, main_process):
         run = setup(config)
         try:
             completed = train(run, stop)

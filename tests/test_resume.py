@@ -67,10 +67,12 @@ def small_data_args(tmp_path):
     return make
 
 
-def test_resume_mid_epoch_with_accumulation_is_exact(small_data_args, tmp_path):
+@pytest.mark.parametrize("dropout", ["0.0", "0.1"])
+def test_resume_mid_epoch_with_accumulation_is_exact(small_data_args, tmp_path, dropout):
+    """With dropout too: its random draws after a resume must be those of the uninterrupted run."""
     full, saved, resumed = tmp_path / "full", tmp_path / "saved", tmp_path / "resumed"
-    run_training(parse_config(small_data_args(full)))
-    run_training(parse_config(small_data_args(saved, "--save_steps", "4")))
+    run_training(parse_config(small_data_args(full, "--dropout", dropout)))
+    run_training(parse_config(small_data_args(saved, "--dropout", dropout, "--save_steps", "4")))
     steps = [p.name for p in list_checkpoints(saved)]
     assert steps == ["step-4", "step-8"]
     state = TrainState.from_json(
@@ -84,7 +86,8 @@ def test_resume_mid_epoch_with_accumulation_is_exact(small_data_args, tmp_path):
     kept = [r for r in rows if json.loads(r)["step"] <= 4]
     later = [r for r in rows if json.loads(r)["step"] > 4][:2]  # a kill leaves a few extra rows
     (resumed / "metrics.jsonl").write_text("\n".join(kept + later) + "\n")
-    run_training(parse_config(small_data_args(resumed, "--resume_from_checkpoint", "latest")))
+    resume = ("--dropout", dropout, "--resume_from_checkpoint", "latest")
+    run_training(parse_config(small_data_args(resumed, *resume)))
     assert losses(resumed) == pytest.approx(losses(full), rel=1e-5)
     assert sorted(losses(resumed)) == list(range(1, 11))  # each step logged once
     assert max_weight_diff(full, resumed) < 1e-5
@@ -114,7 +117,10 @@ def test_existing_checkpoints_need_resume_or_overwrite(small_data_args, tmp_path
     out = tmp_path / "o"
     (out / "checkpoints" / "step-3").mkdir(parents=True)
     (out / "checkpoints" / "step-3" / "trainer_state.json").write_text("{}")
-    with pytest.raises(HfminiError, match="--resume_from_checkpoint latest to continue or"):
+    expected = (
+        r"--resume_from_checkpoint latest to continue, or --overwrite_output_dir \(which deletes"
+    )
+    with pytest.raises(HfminiError, match=expected):
         run_training(parse_config(small_data_args(out)))
     assert (out / "checkpoints" / "step-3" / "trainer_state.json").read_text() == "{}"
 
