@@ -126,8 +126,9 @@ def resolve_resume_path(output_dir: str | Path, resume_from_checkpoint: str) -> 
 # Held (flock) by a run's main process for the whole run; it stays afterwards as the mark that
 # hfmini made the folder, so a later run may write there again.
 LOCK_FILE = ".hfmini.lock"
-# The final model is written here inside output_dir, then moved into place (hfmini.export).
-EXPORT_TMP = ".export.tmp"
+# The final model is written here inside output_dir, then moved into place (hfmini.export). No
+# suffix: evaluate.save takes a path with one for a file name.
+EXPORT_TMP = ".hfmini-export"
 # What hfmini writes into output_dir besides checkpoints; --overwrite_output_dir removes these only.
 RUN_FILES = (
     "metrics.jsonl",

@@ -5,12 +5,13 @@ output_dir/
   tokenizer.json  tokenizer_config.json                      ← tokenizer.save_pretrained
   training_config.yaml  eval_results.json                    ← how it was made, what it scored
 
-Everything is first written to output_dir/.export.tmp/ and then moved into place, the weights
+Everything is first written to output_dir/.hfmini-export/ and then moved into place, the weights
 last: a kill or a full disk never leaves what looks like a finished model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -46,24 +47,35 @@ def save_model(
     eval_results: dict | None = None,
     state_dict: dict | None = None,
 ) -> Path:
-    """Write the Hub layout into output_dir (weights as safetensors, never pickle), atomically.
+    """Write the Hub layout into output_dir (weights as safetensors, never pickle).
 
     `state_dict`: full weights gathered from a sharded model; default the model's own.
     """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.generation_config = generation_config_for(model, tokenizer)
+    model.save_pretrained(output_dir, state_dict=state_dict)  # safetensors: the only format in v5
+    tokenizer.save_pretrained(output_dir)
+    if config_dict is not None:
+        (output_dir / "training_config.yaml").write_text(
+            yaml.safe_dump(config_dict, sort_keys=False), encoding="utf-8"
+        )
+    if eval_results is not None:
+        (output_dir / "eval_results.json").write_text(json.dumps(eval_results, indent=2) + "\n")
+    return output_dir
+
+
+@contextlib.contextmanager
+def atomic_export(output_dir: str | Path):
+    """Yields output_dir/.hfmini-export/ to write the final model's files into; then moves them into
+    output_dir, weights last. On any failure (a full disk, say) the temporary folder is removed
+    and the error is one line; what output_dir held before is untouched."""
     output_dir = Path(output_dir)
     tmp = output_dir / EXPORT_TMP
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        model.generation_config = generation_config_for(model, tokenizer)
-        model.save_pretrained(tmp, state_dict=state_dict)  # safetensors: the only format in v5
-        tokenizer.save_pretrained(tmp)
-        if config_dict is not None:
-            (tmp / "training_config.yaml").write_text(
-                yaml.safe_dump(config_dict, sort_keys=False), encoding="utf-8"
-            )
-        if eval_results is not None:
-            (tmp / "eval_results.json").write_text(json.dumps(eval_results, indent=2) + "\n")
+        yield tmp
         # Renames within one folder: no copy, no extra space. Weights last (see the docstring).
         for path in sorted(tmp.iterdir(), key=lambda p: p.name.endswith(".safetensors")):
             os.replace(path, output_dir / path.name)
@@ -76,4 +88,3 @@ def save_model(
         ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return output_dir

@@ -454,7 +454,7 @@ def finish(run: Run) -> dict:
     import evaluate as hf_evaluate
 
     from hfmini.card import write_model_card
-    from hfmini.export import save_model
+    from hfmini.export import atomic_export, save_model
     from hfmini.runtime import without_compile
 
     if run.ema is not None:
@@ -476,11 +476,12 @@ def finish(run: Run) -> dict:
             "parameters": sum(p.numel() for p in model.parameters()),
         }
         out = args.output_dir
-        save_model(model, run.tokenizer, out, run.config.to_dict(), results, state_dict=state_dict)
-        hf_evaluate.save(out, **results, config=run.config.to_dict())
-        write_model_card(
-            out, run.config, results, samples, acc.num_processes, model.config, acc.mixed_precision
-        )
+        with atomic_export(out) as folder:
+            config_dict = run.config.to_dict()
+            save_model(model, run.tokenizer, folder, config_dict, results, state_dict=state_dict)
+            hf_evaluate.save(str(folder), **results, config=config_dict)
+            card = (run.config, results, samples, acc.num_processes, model.config)
+            write_model_card(folder, *card, acc.mixed_precision)
         logger.info("model saved to %s", out)
         if args.push_to_hub:
             from hfmini.hub import push_folder

@@ -116,7 +116,7 @@ def test_full_disk_during_the_final_export_leaves_resumable_checkpoints(
         message = train_error(capsys, *data_args(out))
         assert message.startswith(f"error: could not write the model to {out} (")
         assert "No space left on device" in message and "--resume_from_checkpoint latest" in message
-        assert not (out / ".export.tmp").exists() and not holds_finished_model(out)
+        assert not (out / ".hfmini-export").exists() and not holds_finished_model(out)
         assert [p.name for p in list_checkpoints(out)] == ["step-3"]
         subprocess.run(["mount", "-o", f"remount,size={size * 4}", str(disk)], check=True)
         assert train_module.main(data_args(out, "--resume_from_checkpoint", "latest")) == 0
