@@ -19,8 +19,9 @@ $(BIN)/hfmini: pyproject.toml
 
 install: $(BIN)/hfmini
 
+# -q: a mistake ends on hfmini's one-line error, not on the launcher's traceback after it.
 train: install
-	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+	$(BIN)/accelerate launch -q --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		recipes/train.py --config $(RECIPE) $(ARGS)
 
 test: install

@@ -12,6 +12,8 @@ predicted and their NLL counted, but they stand for no bytes of text.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -22,6 +24,13 @@ def block_ranges(n_tokens: int, block_size: int) -> list[tuple[int, int]]:
     return [
         (s, min(s + block_size, n_tokens)) for s in starts if min(s + block_size, n_tokens) - s >= 2
     ]
+
+
+def batches(ranges: list[tuple[int, int]], block_size: int, batch_size: int) -> list[list]:
+    """Full blocks in batches of `batch_size`; the short tail (if any) alone."""
+    full = [r for r in ranges if r[1] - r[0] == block_size]
+    groups = [full[i : i + batch_size] for i in range(0, len(full), batch_size)]
+    return groups + [[r] for r in ranges if r[1] - r[0] != block_size]
 
 
 def metrics_from_sums(nll: float, tokens: float, n_bytes: float) -> dict[str, float]:
@@ -48,10 +57,13 @@ def evaluate_stream(
     token_bytes: torch.Tensor,
     accelerator=None,
     max_blocks: int | None = None,
-) -> dict[str, float]:
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, float] | None:
     """Score `tokens` (n,) with `model`; blocks are shared round-robin across processes and the
     sums reduced, so every process returns the same figures.
 
+    `should_stop` (the same answer on every process) is asked before each batch that all
+    processes run; True ends the evaluation early with None, so a signal need not wait for it.
     Cost: one forward pass per block, logits of (batch, block, vocab) floats at a time.
     """
     was_training = model.training
@@ -62,15 +74,19 @@ def evaluate_stream(
         # Evenly spaced blocks: a cheap estimate that still samples the whole split.
         stride = len(ranges) / max_blocks
         ranges = [ranges[int(i * stride)] for i in range(max_blocks)]
+    shares = [ranges]
     if accelerator is not None and accelerator.num_processes > 1:
-        ranges = ranges[accelerator.process_index :: accelerator.num_processes]
+        shares = [ranges[i :: accelerator.num_processes] for i in range(accelerator.num_processes)]
+        ranges = shares[accelerator.process_index]
+    groups = batches(ranges, block_size, batch_size)
+    # should_stop may be a collective (an all-reduce): ask it only before batches all processes run.
+    run_by_all = min(len(batches(share, block_size, batch_size)) for share in shares)
     token_bytes = token_bytes.to(device)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # nll, predicted tokens, bytes
-    # Full blocks are batched; the short tail (if any) goes alone.
-    full = [r for r in ranges if r[1] - r[0] == block_size]
-    groups = [full[i : i + batch_size] for i in range(0, len(full), batch_size)]
-    groups += [[r] for r in ranges if r[1] - r[0] != block_size]
-    for group in groups:
+    for i, group in enumerate(groups):
+        if should_stop is not None and i < run_by_all and should_stop():
+            model.train(was_training)
+            return None
         input_ids = torch.stack([tokens[s:e] for s, e in group]).long().to(device)  # (B, T)
         logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
         targets = input_ids[:, 1:]  # (B, T-1)
@@ -86,7 +102,6 @@ def evaluate_stream(
         )
     if accelerator is not None and accelerator.num_processes > 1:
         sums = accelerator.reduce(sums, reduction="sum")
-    if was_training:
-        model.train()
+    model.train(was_training)
     nll, count, n_bytes = sums.tolist()
     return metrics_from_sums(nll, count, n_bytes)

@@ -239,7 +239,7 @@ def train(run: Run, stop: StopRequest) -> bool:
                 if not stepped:
                     continue
                 progress.update(1)
-                saved = on_step_end(run, progress)
+                saved = on_step_end(run, progress, stop)
                 if state.step < run.total_steps and stop_requested(run, stop, saved):
                     return False
                 if state.step >= run.total_steps:
@@ -283,23 +283,33 @@ def training_step(run: Run, input_ids: torch.Tensor) -> bool:
     return True
 
 
-def stop_requested(run: Run, stop: StopRequest, saved: bool) -> bool:
-    """Did any process get a signal? If so, checkpoint (unless this step just did) and say how
-    to resume. Multi-process, this is accelerate's trigger: one tiny all-reduce per step."""
+def stop_agreed(run: Run, stop: StopRequest) -> bool:
+    """Did any process get a signal? Multi-process, accelerate's trigger: one tiny all-reduce."""
     acc = run.accelerator
     if stop.requested:
         acc.set_trigger()
-    requested = acc.check_trigger() if acc.num_processes > 1 else stop.requested
+    return acc.check_trigger() if acc.num_processes > 1 else stop.requested
+
+
+def stop_requested(run: Run, stop: StopRequest, saved: bool) -> bool:
+    """Did any process get a signal? If so, checkpoint (unless this step just did) and say how
+    to resume. Asked once per step."""
+    requested = stop_agreed(run, stop)
     if requested:
-        check_finite(run)
-        path = save(run) if not saved else list_checkpoints(run.config.train.output_dir)[-1]
-        logger.info(
-            "stopped at step %d; checkpoint saved to %s. Resume with the same command plus "
-            "--resume_from_checkpoint latest",
-            run.state.step,
-            path,
-        )
+        save_to_resume(run, saved)
     return requested
+
+
+def save_to_resume(run: Run, saved: bool) -> None:
+    """Checkpoint (unless `saved`: this step's is on disk) and say how to resume."""
+    check_finite(run)
+    path = save(run) if not saved else list_checkpoints(run.config.train.output_dir)[-1]
+    logger.info(
+        "stopped at step %d; checkpoint saved to %s. Resume with the same command plus "
+        "--resume_from_checkpoint latest",
+        run.state.step,
+        path,
+    )
 
 
 def check_finite(run: Run) -> None:
@@ -314,9 +324,9 @@ def check_finite(run: Run) -> None:
         )
 
 
-def on_step_end(run: Run, progress) -> bool:
-    """Logging, validation and checkpoints after optimizer step `run.state.step`; returns
-    whether a checkpoint was saved."""
+def on_step_end(run: Run, progress, stop: StopRequest) -> bool:
+    """Logging, validation (cut short by a signal) and checkpoints after optimizer step
+    `run.state.step`; returns whether a checkpoint was saved."""
     args, step = run.config.train, run.state.step
     is_last = step >= run.total_steps
     log_now = step % args.logging_steps == 0 or is_last
@@ -327,7 +337,7 @@ def on_step_end(run: Run, progress) -> bool:
     if log_now:
         log_training(run, progress)
     if validate_now:
-        validate(run, final=False)
+        validate(run, stop, final=False)
     if save_now:
         save(run)
     return bool(save_now)
@@ -364,9 +374,9 @@ def log_training(run: Run, progress) -> None:
     window.restart()
 
 
-def validate(run: Run, final: bool) -> tuple[dict, list[tuple[str, str]]]:
+def validate(run: Run, stop: StopRequest, final: bool) -> tuple[dict, list] | None:
     """Score the validation split, sample from the prompts, log both, redraw the loss curve.
-    Returns (metrics, [(prompt, sample)])."""
+    Returns (metrics, [(prompt, sample)]), or None if a signal cut the scoring short."""
     from hfmini.evaluation import evaluate_stream
     from hfmini.generate import generate_text
     from hfmini.plot import plot_runs
@@ -383,7 +393,10 @@ def validate(run: Run, final: bool) -> tuple[dict, list[tuple[str, str]]]:
         run.token_bytes,
         acc,
         max_blocks=None if final else run.config.data.max_eval_samples,
+        should_stop=lambda: stop_agreed(run, stop),  # multi-process: an all-reduce per batch
     )
+    if metrics is None:
+        return None
     samples = []
     if acc.is_main_process and can_sample_alone:
         for prompt in args.sample_prompts:
@@ -448,20 +461,33 @@ def save(run: Run) -> Path:
     return path
 
 
-def finish(run: Run) -> dict:
+def finish(run: Run, stop: StopRequest) -> dict:
     """Final validation on the whole split, the exported Hub folder with its model card and
-    `evaluate` results, and the upload when push_to_hub is set."""
+    `evaluate` results, and the upload when push_to_hub is set. A signal during the validation
+    checkpoints instead (no export); returns {} then."""
     import evaluate as hf_evaluate
 
     from hfmini.card import write_model_card
     from hfmini.export import atomic_export, save_model
     from hfmini.runtime import without_compile
 
+    trained = None
     if run.ema is not None:
         # Training is over: the average takes the weights' place for the validation and export.
+        # The trained ones are kept (a copy of the weights) for a checkpoint, should a signal cut
+        # the validation short.
+        trained = [p.detach().clone() for p in run.ema.params]
         run.ema.copy_to_model()
         logger.info("final weights: the moving average (decay %s)", run.config.train.ema_decay)
-    metrics, samples = validate(run, final=True)
+    validated = validate(run, stop, final=True)
+    if validated is None:  # back to the trained weights; checkpoint unless resumed from this step
+        if trained is not None:
+            with torch.no_grad():
+                torch._foreach_copy_(run.ema.params, trained)
+        kept = list_checkpoints(run.config.train.output_dir)
+        save_to_resume(run, saved=any(p.name == f"step-{run.state.step}" for p in kept))
+        return {}
+    metrics, samples = validated
     acc, args = run.accelerator, run.config.train
     # Gathers the full weights on every process when sharded (FSDP/DeepSpeed); a no-op copy else.
     # Without torch.compile's wrapper, whose keys would all start with "_orig_mod." and load as
@@ -501,7 +527,7 @@ def run_training(config: Config) -> dict:
         run = setup(config)
         try:
             completed = train(run, stop)
-            metrics = finish(run) if completed else {}
+            metrics = finish(run, stop) if completed else {}
         finally:
             run.accelerator.end_training()
     return metrics
