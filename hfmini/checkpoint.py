@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from hfmini.errors import HfminiError
+from hfmini.errors import HfminiError, disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -85,16 +85,11 @@ def _weights_readable(path: Path) -> bool:
 
 
 def is_intact(path: Path) -> bool:
-    """A checkpoint whose state file parses and whose weights are complete safetensors files.
+    """A checkpoint every file of which the resume reads parses (see `damage`).
 
-    Reads only headers: cheap even for large models.
+    Reads headers and pickles, not tensor data: cheap even for large models.
     """
-    try:
-        TrainState.from_json((path / STATE_FILE).read_text())
-    except (OSError, ValueError, TypeError):
-        return False
-    weights = list(path.glob("model*.safetensors"))
-    return bool(weights) and all(_weights_readable(w) for w in weights)
+    return damage(path) is None
 
 
 def resolve_resume_path(output_dir: str | Path, resume_from_checkpoint: str) -> Path:
@@ -102,9 +97,10 @@ def resolve_resume_path(output_dir: str | Path, resume_from_checkpoint: str) -> 
     if resume_from_checkpoint == "latest":
         candidates = list_checkpoints(output_dir)
         for path in reversed(candidates):
-            if is_intact(path):
+            reason = damage(path)
+            if reason is None:
                 return path
-            logger.warning("skipping damaged checkpoint %s", path)
+            logger.warning("skipping damaged checkpoint %s (%s)", path, reason)
         raise HfminiError(
             f"no intact checkpoint in {checkpoints_dir(output_dir)}: drop "
             "--resume_from_checkpoint to start fresh (with --overwrite_output_dir)"
@@ -115,10 +111,11 @@ def resolve_resume_path(output_dir: str | Path, resume_from_checkpoint: str) -> 
             f"{resume_from_checkpoint} is not an hfmini checkpoint (no {STATE_FILE}): point "
             f"--resume_from_checkpoint at output_dir/checkpoints/step-N or use 'latest'"
         )
-    if not is_intact(path):
+    reason = damage(path)
+    if reason is not None:
         raise HfminiError(
-            f"checkpoint {path} is damaged (unreadable state or missing weights): resume from "
-            "an older one or use 'latest', which skips damaged checkpoints"
+            f"checkpoint {path} is damaged ({reason}): resume from an older one or use 'latest', "
+            "which skips damaged checkpoints"
         )
     return path
 
@@ -299,11 +296,11 @@ def save_checkpoint(
     root = checkpoints_dir(output_dir)
     final = root / f"step-{state.step}"
     tmp = root / f"step-{state.step}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
     try:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
         if accelerator.is_main_process:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -315,13 +312,16 @@ def save_checkpoint(
         if accelerator.is_main_process:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-    except OSError as err:
+    except Exception as err:
+        # A full disk reaches us as OSError, as safetensors' or tokenizers' own error, or from
+        # torch.save as a RuntimeError that names no cause: tell it by the free space left,
+        # measured before the half-written folder is removed.
+        full = disk_full(err, root)
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise HfminiError(
-            f"could not write checkpoint {final} ({err.strerror or err}): free disk space; "
-            "the previous checkpoint is untouched"
-        ) from None
+        if not full and not isinstance(err, OSError):
+            raise
+        raise _write_error(final, err, full) from None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and save_total_limit:
         for old in list_checkpoints(output_dir)[:-save_total_limit]:
@@ -348,6 +348,7 @@ def load_checkpoint(accelerator, path: Path, scheduler) -> TrainState:
             f"checkpoint {path} could not be loaded ({reason}): it is damaged or from another "
             "model shape; resume from an older checkpoint or start fresh"
         ) from None
+    _warn_if_rng_state_unreadable(path, accelerator.process_index)
     return TrainState.from_json((path / STATE_FILE).read_text())
 
 
@@ -445,3 +446,78 @@ def check_resume_data(saved: TrainState, fingerprint: str) -> None:
             "so resuming would skip blocks of the new data: resume on the same data, or start a "
             "new run in another output_dir"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# What makes a checkpoint usable, and what a failed save says
+
+
+def damage(path: Path) -> str | None:
+    """Why the resume could not read checkpoint `path` ("optimizer.bin is unreadable"), or None.
+
+    Checks every file the resume reads: the state and tokenizer JSON are parsed; safetensors
+    files (weights, weight average) must have a header that parses and covers the file; torch
+    files (optimizer, scheduler) are opened as `torch.load(mmap=True, weights_only=True)` does,
+    which parses their pickle and maps the tensor data without reading it. The RNG states are
+    not required: accelerate goes on without them (load_checkpoint warns).
+    """
+    try:
+        TrainState.from_json((path / STATE_FILE).read_text())
+    except (OSError, ValueError, TypeError):
+        return f"{STATE_FILE} is unreadable"
+    if not list(path.glob("model*.safetensors")):
+        return "no model*.safetensors weights"
+    if not list(path.glob("optimizer*")):
+        return "no optimizer state"
+    for name in ("tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"):
+        try:
+            json.loads((path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return f"{name} is unreadable"
+    checks = [(p, _weights_readable) for p in sorted(path.glob("*.safetensors"))]
+    checks += [(p, _torch_file_readable) for p in sorted(path.glob("optimizer*.bin"))]
+    checks += [(path / "scheduler.pt", _torch_file_readable)]
+    for file, readable in checks:
+        if not readable(file):
+            return f"{file.name} is unreadable"
+    return None
+
+
+def _torch_file_readable(path: Path) -> bool:
+    from accelerate.utils.other import load  # torch.load(weights_only=True) as load_state calls it
+
+    try:
+        load(path, map_location="cpu", mmap=True)
+        return True
+    except Exception:  # missing, truncated, not a zip archive, a forbidden global: unreadable
+        return False
+
+
+def _warn_if_rng_state_unreadable(path: Path, process_index: int) -> None:
+    """accelerate.load_state skips an unreadable RNG state file with an info line: say it louder."""
+    from accelerate.utils import RNG_STATE_NAME
+    from accelerate.utils.other import load
+
+    file = path / f"{RNG_STATE_NAME}_{process_index}.pkl"
+    try:
+        states = load(file)
+        readable = isinstance(states, dict) and "torch_manual_seed" in states
+    except Exception:  # missing, truncated or garbage: accelerate skipped it
+        readable = False
+    if not readable:
+        logger.warning(
+            "could not read the random states in %s: resuming with the current ones, so the data "
+            "order and dropout differ and the run will not repeat an uninterrupted run exactly",
+            file,
+        )
+
+
+def _write_error(final: Path, err: BaseException, full: bool) -> HfminiError:
+    reason = "No space left on device" if full else (err.strerror or str(err))
+    kept = list_checkpoints(final.parent.parent)  # final is output_dir/checkpoints/step-N
+    hint = (
+        f"{kept[-1].name} is untouched; resume from it with --resume_from_checkpoint latest"
+        if kept
+        else "no checkpoint was saved before this one"
+    )
+    return HfminiError(f"could not write checkpoint {final} ({reason}): free disk space; {hint}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -56,13 +58,16 @@ def make_parser() -> argparse.ArgumentParser:
 
 def cmd_generate(args) -> None:
     from hfmini.generate import (
+        check_prompt,
         check_sampling,
         generate_text,
         load_model_and_tokenizer,
         stream_to_stdout,
     )
 
-    check_sampling(args.max_new_tokens, args.temperature)  # before loading anything
+    # before loading anything
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    check_prompt(args.prompt)
     model, tokenizer = load_model_and_tokenizer(args.model_dir)
     stream_to_stdout(args.prompt)
     generate_text(
@@ -83,16 +88,15 @@ def eval_data_args(model_dir: str, validation_file, text_column):
     """The data source recorded in the model's training_config.yaml, with command-line overrides."""
     import dataclasses
 
-    import yaml
-
     from hfmini.config import DataArguments
 
     recorded = {}
     config_file = Path(model_dir) / "training_config.yaml"
     if config_file.is_file():
-        recorded = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        recorded = _read_training_config(config_file)
     names = {f.name for f in dataclasses.fields(DataArguments)}
     values = {k: v for k, v in recorded.items() if k in names}
+    _check_recorded_types(values, config_file)
     if validation_file:
         values["validation_file"] = validation_file
         values["train_file"] = values.get("train_file") or validation_file
@@ -100,6 +104,60 @@ def eval_data_args(model_dir: str, validation_file, text_column):
     if text_column:
         values["text_column"] = text_column
     return DataArguments(**values)
+
+
+_FIX_RECORD = "fix it, or delete it and pass --validation_file"
+
+
+def _read_training_config(config_file: Path) -> dict:
+    import yaml
+
+    try:
+        recorded = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise HfminiError(
+            f"{config_file} is not UTF-8 text (byte {err.object[err.start]:#04x} at position "
+            f"{err.start}): {_FIX_RECORD}"
+        ) from None
+    except yaml.YAMLError as err:
+        first_line = str(err).splitlines()[0]
+        raise HfminiError(
+            f"{config_file} is not valid YAML ({first_line}): {_FIX_RECORD}"
+        ) from None
+    if not isinstance(recorded, dict):
+        raise HfminiError(
+            f"{config_file} must be a mapping of key: value, got a {type(recorded).__name__}: "
+            f"{_FIX_RECORD}"
+        )
+    return recorded
+
+
+def _check_recorded_types(values: dict, config_file: Path) -> None:
+    """Each recorded value has its DataArguments field's type (int, float, str, list[str], None)."""
+    import types
+    import typing
+
+    from hfmini.config import DataArguments
+
+    def fits(value, kind) -> bool:
+        if kind is type(None):
+            return value is None
+        if typing.get_origin(kind) is list:
+            return isinstance(value, list) and all(isinstance(v, str) for v in value)
+        if isinstance(value, bool):
+            return kind is bool
+        return isinstance(value, int | float) if kind is float else isinstance(value, kind)
+
+    hints = typing.get_type_hints(DataArguments)
+    for key, value in values.items():
+        kinds = typing.get_args(hints[key]) if isinstance(hints[key], types.UnionType) else ()
+        kinds = kinds or (hints[key],)
+        if not any(fits(value, kind) for kind in kinds):
+            names = [k.__name__ if isinstance(k, type) else str(k) for k in kinds]
+            expected = " or ".join(names).replace("NoneType", "None")
+            raise HfminiError(
+                f"{config_file}: {key} must be {expected}, got {value!r}: {_FIX_RECORD}"
+            )
 
 
 def cmd_eval(args) -> dict:
@@ -123,6 +181,15 @@ def cmd_eval(args) -> dict:
         eval_data_args(args.model_dir, args.validation_file, args.text_column), tokenizer
     )
     token_bytes = torch.tensor(token_byte_lengths(tokenizer), dtype=torch.float64)
+    # Bits per byte divides by the bytes of the predicted tokens: all but the first of each block.
+    # (A count per token id, not a byte count per token: no tensor the size of the stream.)
+    counts = torch.bincount(tokens, minlength=len(token_bytes)).double()
+    scored = counts @ token_bytes - token_bytes[tokens[::block_size].long()].sum()
+    if scored <= 0:
+        raise HfminiError(
+            f"the validation text is too short to score: its {tokens.numel()} tokens leave no "
+            "text to predict after the first token of a block; add text"
+        )
     metrics = evaluate_stream(model, tokens, block_size, args.batch_size, token_bytes)
     print(json.dumps(metrics))
     return metrics
@@ -148,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`hfmini generate ... | head`): end quietly, as Unix tools do.
+        # Python flushes stdout once more at exit; /dev/null takes that write instead.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE  # 141, what a shell reports for a tool ended by SIGPIPE
     return 0
 
 

@@ -103,7 +103,11 @@ class DataArguments:
     )
 
     def __post_init__(self) -> None:
-        _require_positive(self, "block_size")
+        if not self.block_size >= 2:
+            raise HfminiError(
+                "block_size must be at least 2 (a block holds one input token and the target "
+                f"after it), got {self.block_size}"
+            )
         if not 0 < self.validation_split_percentage < 100:
             raise HfminiError(
                 f"validation_split_percentage must be between 0 and 100, got "
@@ -402,6 +406,11 @@ def _yaml_to_argv(path: str) -> list[str]:
         raise HfminiError(f"config file {path!r} not found: check the path given to --config")
     try:
         values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise HfminiError(
+            f"config file {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at position "
+            f"{err.start}): save it as UTF-8"
+        ) from None
     except yaml.YAMLError as err:
         first_line = str(err).splitlines()[0]
         raise HfminiError(f"config file {path} is not valid YAML ({first_line})") from None

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from hfmini.errors import HfminiError
+from hfmini.errors import HfminiError, disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -116,17 +117,18 @@ def chunk_documents(raw, text_column: str, num_proc: int | None):
     """Rows of any shape → rows of ('text' ≤ CHUNK_CHARS, 'doc_end') in document order."""
     from datasets import Features, Value
 
-    return raw.map(
-        _chunk_batch,
-        batched=True,
-        # max_chars travels in fn_kwargs so that it is part of the cache fingerprint.
-        fn_kwargs={"text_column": text_column, "max_chars": CHUNK_CHARS},
-        remove_columns=next(iter(raw.values())).column_names,
-        # Explicit features keep the columns even when every document is empty.
-        features=Features({"text": Value("string"), "doc_end": Value("bool")}),
-        num_proc=num_proc,
-        desc="Chunking documents",
-    )
+    with _map_cache_space(raw, "the chunked documents"):
+        return raw.map(
+            _chunk_batch,
+            batched=True,
+            # max_chars travels in fn_kwargs so that it is part of the cache fingerprint.
+            fn_kwargs={"text_column": text_column, "max_chars": CHUNK_CHARS},
+            remove_columns=next(iter(raw.values())).column_names,
+            # Explicit features keep the columns even when every document is empty.
+            features=Features({"text": Value("string"), "doc_end": Value("bool")}),
+            num_proc=num_proc,
+            desc="Chunking documents",
+        )
 
 
 def hold_out_validation(chunks, percentage: float):
@@ -175,23 +177,48 @@ def tokenize_chunks(chunks, tokenizer, num_proc: int | None):
     from datasets import DatasetDict, Features, Sequence, Value
 
     tokenizer_hash = tokenizer_fingerprint(tokenizer)
-    return DatasetDict(
-        {
-            split: ds.map(
-                _tokenize_batch,
-                batched=True,
-                fn_kwargs={"tokenizer": tokenizer},
-                remove_columns=["text", "doc_end"],
-                features=Features({"input_ids": Sequence(Value("int32"))}),
-                num_proc=num_proc,
-                new_fingerprint=hashlib.sha256(
-                    f"{ds._fingerprint}-{tokenizer_hash}-tokenize-v1".encode()
-                ).hexdigest()[:16],
-                desc=f"Tokenizing {split}",
-            )
-            for split, ds in chunks.items()
-        }
-    )
+    with _map_cache_space(chunks, "the tokenized data"):
+        return DatasetDict(
+            {
+                split: ds.map(
+                    _tokenize_batch,
+                    batched=True,
+                    fn_kwargs={"tokenizer": tokenizer},
+                    remove_columns=["text", "doc_end"],
+                    features=Features({"input_ids": Sequence(Value("int32"))}),
+                    num_proc=num_proc,
+                    new_fingerprint=hashlib.sha256(
+                        f"{ds._fingerprint}-{tokenizer_hash}-tokenize-v1".encode()
+                    ).hexdigest()[:16],
+                    desc=f"Tokenizing {split}",
+                )
+                for split, ds in chunks.items()
+            }
+        )
+
+
+@contextmanager
+def _map_cache_space(splits, what: str):
+    """Around a `datasets.map` over `splits`: on a full disk, remove the temporary file the map
+    leaves behind and name the cache that is full.
+
+    map writes its result to a `tmp*` file beside the source's cache files and renames it when
+    done; on a full disk datasets (5.2) fails a second time while closing that file and never
+    removes it, leaving up to the size of the result on the full disk.
+    """
+    folders = {Path(f["filename"]).parent for ds in splits.values() for f in ds.cache_files}
+    before = {path for folder in folders for path in folder.glob("tmp*")}
+    try:
+        yield
+    except Exception as err:
+        if not disk_full(err):
+            raise
+        for folder in folders:
+            for path in set(folder.glob("tmp*")) - before:
+                path.unlink(missing_ok=True)
+        from hfmini.sources import datasets_cache_full
+
+        raise datasets_cache_full(what) from None
 
 
 def flat_tokens(tokenized) -> torch.Tensor:

@@ -13,7 +13,9 @@ the last half-context of text, so arbitrarily long samples work at the cost of a
 from __future__ import annotations
 
 import inspect
+import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -26,7 +28,13 @@ logger = logging.getLogger(__name__)
 
 
 def load_model_and_tokenizer(model_dir: str | Path, device: str | None = None):
-    """Load from a folder (safetensors only, never remote code)."""
+    """Load from a folder (safetensors only, never remote code).
+
+    The files are checked first (JSON parses, model_type is one transformers knows, safetensors
+    headers cover their files, the model's vocabulary holds the tokenizer's), so that a damaged or
+    foreign folder is a one-line error rather than a traceback from deep inside transformers.
+    """
+    from safetensors import SafetensorError, safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(model_dir)
@@ -34,21 +42,119 @@ def load_model_and_tokenizer(model_dir: str | Path, device: str | None = None):
         raise HfminiError(
             f"{model_dir} holds no model (no config.json): point at a training output_dir"
         )
-    if not list(path.glob("*.safetensors")):
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
         raise HfminiError(f"{model_dir} has no .safetensors weights: hfmini loads safetensors only")
-    model = AutoModelForCausalLM.from_pretrained(
-        path, use_safetensors=True, trust_remote_code=False
-    )
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    config = _read_json(path / "config.json")
+    _check_model_type(path, config)
+    for file in weights:
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise HfminiError(
+                f"{file} is truncated or damaged ({_first_line(err)}): copy or export the model "
+                "again"
+            ) from None
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (path / name).is_file():
+            _read_json(path / name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise HfminiError(
+            f"could not load the tokenizer in {model_dir} ({_first_line(err)}): copy or export "
+            "the model again"
+        ) from None
+    vocab_size = config.get("vocab_size")
+    if isinstance(vocab_size, int) and vocab_size < len(tokenizer):
+        raise HfminiError(
+            f"{path / 'config.json'} has vocab_size {vocab_size} but the tokenizer has "
+            f"{len(tokenizer)} tokens: they do not belong together; use the tokenizer the model "
+            "was trained with (hfmini train exports both into one folder)"
+        )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, use_safetensors=True, trust_remote_code=False
+        )
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        raise HfminiError(
+            f"could not load the model in {model_dir} ({_first_line(err)}): copy or export it again"
+        ) from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
 
 
-def check_sampling(max_new_tokens: int, temperature: float) -> None:
+def _first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+
+
+def _read_json(file: Path):
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+        raise HfminiError(
+            f"{file} is not valid JSON ({_first_line(err)}): the folder is damaged; copy or export "
+            "the model again"
+        ) from None
+
+
+def _check_model_type(path: Path, config) -> None:
+    """transformers must know the architecture by itself: hfmini never runs a folder's code."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if not isinstance(config, dict):
+        raise HfminiError(f"{path / 'config.json'} is not a model configuration (a JSON object)")
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise HfminiError(
+            f"{path} has model_type {model_type!r}, which transformers does not know: hfmini "
+            "never runs code shipped with a model (trust_remote_code), so it loads only the "
+            "architectures transformers has built in, such as gpt2"
+        )
+
+
+# A positive temperature below this samples like greedy decoding anyway, and a tiny one (1e-45)
+# turns the logits it divides into infinities, which cannot be sampled from.
+MIN_TEMPERATURE = 1e-3
+
+
+def check_sampling(
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> None:
     if max_new_tokens <= 0:
         raise HfminiError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    if not math.isfinite(temperature):
+        raise HfminiError(f"temperature must be a finite number, got {temperature}")
     if temperature < 0:
         raise HfminiError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise HfminiError(
+            f"temperature {temperature:g} is too small to sample with: use 0 for greedy decoding "
+            f"or at least {MIN_TEMPERATURE:g}"
+        )
+    if top_k is not None and top_k < 0:
+        raise HfminiError(f"top_k must be >= 0 (0: no top-k filtering), got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise HfminiError(f"top_p must be in (0, 1] (1: no nucleus filtering), got {top_p}")
+
+
+def check_prompt(prompt: str) -> None:
+    """A prompt from the command line holds the bytes it was given; they must be UTF-8 (Python
+    keeps undecodable bytes as lone surrogates, which no tokenizer accepts)."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as err:
+        char = prompt[err.start]
+        byte = ord(char) - 0xDC00 if 0xDC80 <= ord(char) <= 0xDCFF else None
+        shown = f"byte {byte:#04x}" if byte is not None else f"character {char!r}"
+        position = len(prompt[: err.start].encode("utf-8"))
+        raise HfminiError(
+            f"--prompt is not valid UTF-8 ({shown} at position {position}): pass UTF-8 text"
+        ) from None
 
 
 class _Printer:
@@ -158,7 +264,7 @@ def generate_text(
     """Generate up to `max_new_tokens` after `prompt` (fewer if the model emits EOS); returns the
     new text without the prompt. temperature 0 means greedy decoding. `on_text(str)` receives text as it is produced.
     """
-    check_sampling(max_new_tokens, temperature)
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
     if seed is not None:
         torch.manual_seed(seed)
     context = model.config.n_positions

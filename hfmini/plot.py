@@ -12,6 +12,13 @@ def plot_runs(
     run_dirs: list[str | Path], out_path: str | Path, labels: list[str] | None = None
 ) -> Path:
     """Train and validation loss against optimizer step (left) and tokens seen (right)."""
+    out_path = Path(out_path)
+    blocker = next((p for p in out_path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:  # checked first: mkdir would say "File exists", about the folder
+        raise HfminiError(
+            f"cannot write the plot to {out_path}: {blocker} is a file, not a folder; choose "
+            "another -o path"
+        )
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -60,8 +67,13 @@ def plot_runs(
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=8)
     fig.suptitle("hfmini loss curve")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_path, dpi=110)
+    except OSError as err:
+        raise HfminiError(
+            f"cannot write the plot to {out_path} ({err.strerror or err}): choose another -o path"
+        ) from None
+    finally:
+        plt.close(fig)
     return out_path

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from hfmini.config import hfmini_cache_dir
-from hfmini.errors import HfminiError
+from hfmini.errors import HfminiError, cache_full, disk_full
 
 logger = logging.getLogger("hfmini.data")
 
@@ -154,21 +154,27 @@ def _check_decompressor(files: list[str]) -> None:
             raise HfminiError(f"{f} is compressed with {module}: pip install {module}")
 
 
-def load_local(data_files: dict[str, list[str]]):
-    """Local files (already expanded) → DatasetDict with the same split names."""
-    from datasets import load_dataset
-
-    all_files = [f for files in data_files.values() for f in files]
-    builder, builder_kwargs = file_format(Path(all_files[0]))
-    if len({_format_key(Path(f)) for f in all_files}) > 1:
-        raise HfminiError("train_file and validation_file must have the same format")
-    _check_decompressor(all_files)
-    _warn_invalid_utf8(all_files)
+def _reader(path: Path) -> tuple[str, dict]:
+    """The datasets builder for a data file and the keyword arguments hfmini reads it with."""
+    builder, builder_kwargs = file_format(path)
     kwargs = dict(builder_kwargs)
     if builder in ("text", "json", "csv"):
         kwargs["encoding_errors"] = "replace"
     if builder == "text":
         kwargs["sample_by"] = "document"
+    return builder, kwargs
+
+
+def load_local(data_files: dict[str, list[str]]):
+    """Local files (already expanded) → DatasetDict with the same split names."""
+    from datasets import load_dataset
+
+    all_files = [f for files in data_files.values() for f in files]
+    builder, kwargs = _reader(Path(all_files[0]))
+    if len({_format_key(Path(f)) for f in all_files}) > 1:
+        raise HfminiError("train_file and validation_file must have the same format")
+    _check_decompressor(all_files)
+    _warn_invalid_utf8(all_files)
     # datasets logs a parse failure with its traceback before raising; our message replaces it.
     datasets_logger = logging.getLogger("datasets")
     level = datasets_logger.level
@@ -176,6 +182,8 @@ def load_local(data_files: dict[str, list[str]]):
     try:
         return load_dataset(builder, data_files=data_files, **kwargs)
     except Exception as err:  # malformed JSON/CSV/Parquet: name the files, not the internals
+        if disk_full(err):
+            raise datasets_cache_full("the Arrow copy of the data") from None
         reason = str(err.__cause__ or err).splitlines()[0][:200] if str(err) else type(err).__name__
         files = ", ".join(all_files)[:200]
         raise HfminiError(
@@ -216,13 +224,19 @@ def shakespeare_files() -> dict[str, list[str]]:
     folder = hfmini_cache_dir() / "shakespeare-v1"
     paths = {split: folder / f"{split}.jsonl" for split in ("train", "validation")}
     if not all(path.is_file() for path in paths.values()):
-        folder.mkdir(parents=True, exist_ok=True)
         for split, plays in load_plays().items():
             tmp = paths[split].with_suffix(f".tmp{os.getpid()}")
-            with tmp.open("w", encoding="utf-8") as handle:
-                for play, text in plays.items():
-                    handle.write(json.dumps({"play": play, "text": text}) + "\n")
-            os.replace(tmp, paths[split])
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                with tmp.open("w", encoding="utf-8") as handle:
+                    for play, text in plays.items():
+                        handle.write(json.dumps({"play": play, "text": text}) + "\n")
+                os.replace(tmp, paths[split])
+            except OSError as err:
+                tmp.unlink(missing_ok=True)
+                if disk_full(err):
+                    raise cache_full("the built-in corpus", folder) from None
+                raise
     return {split: [str(path)] for split, path in paths.items()}
 
 
@@ -258,6 +272,15 @@ def load_sources(data_args):
             splits["validation"] = raw[name]
             break
     check_text_column(splits, data_args.text_column, "")
+    if data_args.train_file:
+        names = {"train": "train_file", "validation": "validation_file"}
+        origins = {split: (names[split], files) for split, files in data_files.items()}
+    else:
+        source = (
+            f"dataset {data_args.dataset_name}" if data_args.dataset_name else "built-in corpus"
+        )
+        origins = {split: (source, None) for split in splits}
+    check_text_values(splits, data_args.text_column, origins)
     return DatasetDict(splits)
 
 
@@ -268,4 +291,85 @@ def load_validation_files(data_args):
     files = expand_data_files(data_args.validation_file, "validation_file")
     raw = DatasetDict({"validation": load_local({"train": files})["train"]})
     check_text_column(raw, data_args.text_column, f" ({files[0]})")
+    check_text_values(raw, data_args.text_column, {"validation": ("validation_file", files)})
     return raw
+
+
+def datasets_cache_full(what: str):
+    """The error for a full disk under the datasets cache (HF_HOME/datasets by default)."""
+    import datasets
+
+    variable = "HF_DATASETS_CACHE" if os.environ.get("HF_DATASETS_CACHE") else "HF_HOME"
+    return cache_full(what, datasets.config.HF_DATASETS_CACHE, variable)
+
+
+def check_text_values(splits: dict, column: str, origins: dict) -> None:
+    """Every text value is a string or null; otherwise name the file and row of the first that is
+    not, before the chunking map fails on it with a pyarrow traceback.
+
+    `origins` maps a split to (what, files): ("train_file", [paths]), or (a dataset name, None).
+    A column that datasets typed as strings passes at no cost; JSON rows that mix strings with
+    numbers or lists come out typed `Json`, and those are scanned (in Python, on this error path).
+    datasets types a column from the first file: when that file holds only strings, a later
+    file's numbers and lists are cast to their JSON text ("42") and pass as text.
+    """
+    for split, ds in splits.items():
+        found = _first_non_string(ds, column)
+        if found is None:
+            continue
+        row, value = found
+        what, files = origins.get(split, (f"the {split} data", None))
+        where = f"{what} ({split} split) row {row + 1}"
+        if files:
+            file, row = _file_and_row(files, row)
+            where = f"{what} {file} row {row + 1}"
+        shown = json.dumps(value, default=str)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        fix = "make every text value a string (null skips a row)"
+        if not files:
+            fix = "set --text_column to a column of text"
+        raise HfminiError(
+            f"{where}: text_column {column!r} holds {_kind(value)} ({shown}), not text: {fix}"
+        )
+
+
+def _kind(value) -> str:
+    """A value's kind as JSON names it."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def _first_non_string(ds, column: str) -> tuple[int, object] | None:
+    """(row, value) of the first value of `column` that is neither a string nor null, or None."""
+    from datasets import Value
+
+    feature = ds.features[column]
+    if isinstance(feature, Value) and feature.dtype in ("string", "large_string", "null"):
+        return None
+    batch_size = 1000
+    for start, batch in enumerate(ds.select_columns([column]).iter(batch_size=batch_size)):
+        for offset, value in enumerate(batch[column]):
+            if value is not None and not isinstance(value, str):
+                return start * batch_size + offset, value
+    return None
+
+
+def _file_and_row(files: list[str], row: int) -> tuple[str, int]:
+    """The file a row of a split read from `files` comes from, and its row in that file (datasets
+    reads the files in order). Loads each file alone: only on the error path."""
+    from datasets import load_dataset
+
+    for file in files[:-1]:
+        builder, kwargs = _reader(Path(file))
+        rows = load_dataset(builder, data_files={"train": [file]}, **kwargs)["train"].num_rows
+        if row < rows:
+            return file, row
+        row -= rows
+    return files[-1], row

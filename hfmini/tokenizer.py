@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hfmini.config import hfmini_cache_dir
-from hfmini.errors import HfminiError
+from hfmini.errors import HfminiError, cache_full, disk_full
 
 EOS_TOKEN = "<|endoftext|>"
 
@@ -98,7 +98,13 @@ def get_tokenizer(
     tokenizer = train_tokenizer(batches(), vocab_size, model_max_length)
     # Save under a private name, then rename: a concurrent run never sees half a tokenizer.
     tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
-    tokenizer.save_pretrained(tmp)
+    try:
+        tokenizer.save_pretrained(tmp)
+    except Exception as err:  # tokenizers reports a full disk as a plain Exception
+        shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full(err):
+            raise cache_full("the trained tokenizer", hfmini_cache_dir()) from None
+        raise
     try:
         os.replace(tmp, cache)
     except OSError:  # another process cached it first; theirs is identical

@@ -5,11 +5,13 @@ the test by propagating.
 """
 
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RECIPE, tiny_run_args, write_lines
+from conftest import BIN, REPO, TINY_RECIPE, reset_accelerate, tiny_run_args, write_lines
 
 from hfmini import cli
 from hfmini import train as train_module
@@ -173,10 +175,20 @@ def test_output_dir_is_a_file(capsys, quick, tmp_path):
     assert (tmp_path / "out").read_text() == "keep me"
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One finished tiny run, trained once for this module: 6 steps, checkpoints at steps 2 and 4,
+    with a weight average. Tests change only copies of it."""
+    out = tmp_path_factory.mktemp("trained") / "out"
+    assert train_module.main(tiny_run_args(out, 6, "--save_steps", "2", "--ema_decay", "0.9")) == 0
+    reset_accelerate()
+    return out
+
+
 @pytest.fixture
-def finished_run(tmp_path, quick):
-    assert train_module.main(["--config", str(TINY_RECIPE), *quick]) == 0
-    return tmp_path / "out"
+def finished_run(trained, tmp_path):
+    """A copy of `trained` in tmp_path/out, where `quick` points."""
+    return Path(shutil.copytree(trained, tmp_path / "out"))
 
 
 def test_finished_model_is_never_overwritten(capsys, finished_run, quick):
@@ -196,7 +208,7 @@ def test_resume_from_something_that_is_not_a_checkpoint(capsys, quick, tmp_path)
 
 
 def _interrupted_copy(finished_run, tmp_path):
-    """The same run as if stopped after step 2: its checkpoints, no final model."""
+    """The same run as if stopped after step 4: its checkpoints, no final model."""
     copy = tmp_path / "stopped"
     (copy / "checkpoints").mkdir(parents=True)
     for ckpt in list_checkpoints(finished_run):
@@ -206,14 +218,13 @@ def _interrupted_copy(finished_run, tmp_path):
 
 def test_truncated_checkpoint_is_named_and_latest_falls_back(capsys, finished_run, tmp_path):
     copy = _interrupted_copy(finished_run, tmp_path)
-    # Steps 2 and 4 would be saved, but step 4 is the last step: only step-2 exists. Add a newer,
-    # truncated one.
-    newest = copy / "checkpoints" / "step-3"
-    shutil.copytree(copy / "checkpoints" / "step-2", newest)
+    # Add a checkpoint newer than step-4 whose weights are truncated.
+    newest = copy / "checkpoints" / "step-5"
+    shutil.copytree(copy / "checkpoints" / "step-4", newest)
     weights = newest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    assert resolve_resume_path(copy, "latest") == copy / "checkpoints" / "step-2"
-    with pytest.raises(HfminiError, match="step-3 is damaged"):
+    assert resolve_resume_path(copy, "latest") == copy / "checkpoints" / "step-4"
+    with pytest.raises(HfminiError, match="step-5 is damaged"):
         resolve_resume_path(copy, str(newest))
 
 
@@ -221,29 +232,10 @@ def test_damaged_optimizer_state_is_an_error_not_a_traceback(capsys, finished_ru
     copy = _interrupted_copy(finished_run, tmp_path)
     (copy / "checkpoints" / "step-2" / "optimizer.bin").write_bytes(b"garbage")
     args = [a if a != str(tmp_path / "out") else str(copy) for a in quick]
-    message = train_error(capsys, *args, "--resume_from_checkpoint", "latest")
-    assert "step-2 could not be loaded" in message
-
-
-def test_full_disk_keeps_the_previous_checkpoint(capsys, monkeypatch, quick, tmp_path):
-    import accelerate
-
-    original = accelerate.Accelerator.save_state
-    calls = []
-
-    def fail_second(self, output_dir=None, **kwargs):
-        calls.append(output_dir)
-        if len(calls) == 2:
-            raise OSError(28, "No space left on device")
-        return original(self, output_dir, **kwargs)
-
-    monkeypatch.setattr(accelerate.Accelerator, "save_state", fail_second)
-    message = train_error(capsys, *quick, "--max_steps", "6")
-    assert "could not write checkpoint" in message and "No space left on device" in message
-    out = tmp_path / "out"
-    assert [p.name for p in list_checkpoints(out)] == ["step-2"]
-    assert resolve_resume_path(out, "latest") == out / "checkpoints" / "step-2"
-    assert not list((out / "checkpoints").glob("*.tmp"))
+    message = train_error(
+        capsys, *args, "--resume_from_checkpoint", str(copy / "checkpoints" / "step-2")
+    )
+    assert "step-2 is damaged (optimizer.bin is unreadable)" in message
 
 
 def test_tokenizer_that_does_not_match_the_resumed_model(capsys, finished_run, tmp_path, quick):
@@ -298,3 +290,354 @@ def test_generate_greedy_and_long_prompt(capsys, finished_run, caplog):
     )
     assert code == 0
     assert "keeping the most recent" in caplog.text
+
+
+# --- case 9: a full disk (a real one: a small tmpfs) ----------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """`small_disk("2m")` mounts a tmpfs of that size and returns it: writes past its size fail
+    with ENOSPC exactly as on a full disk. Needs root (CI runs as root); skips elsewhere."""
+    mounted = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"disk-{len(mounted)}"
+        folder.mkdir()
+        try:
+            result = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                capture_output=True,
+                text=True,
+            )
+            failure = result.returncode and (result.stderr.strip() or f"exit {result.returncode}")
+        except OSError as err:
+            failure = str(err)
+        if failure:
+            pytest.skip(
+                f"a full disk is simulated with a small tmpfs, which cannot be mounted here "
+                f"({failure}): run as root to cover it"
+            )
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files and folders under `folder`: hfmini's `*.tmp*`, datasets' `tmp*` and
+    `*.incomplete*` (datasets' `.lock` files are kept on success too, so they do not count)."""
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if not p.name.endswith(".lock")
+        and (".tmp" in p.name or p.name.startswith("tmp") or ".incomplete" in p.name)
+    )
+
+
+# The tiny recipe's checkpoint is about 1.7 MB: 0.55 MB of safetensors weights, then 1.1 MB of
+# optimizer state from torch.save. On 2 MB the weights of step-4 fail (safetensors reports ENOSPC);
+# on 2.6 MB they fit and the optimizer fails (torch reports a RuntimeError that names no cause).
+@pytest.mark.parametrize("size", ["2m", "2600k"], ids=["weights-fail", "optimizer-fails"])
+def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(capsys, small_disk, size):
+    out = small_disk(size) / "out"
+    message = train_error(capsys, *tiny_run_args(out, 6, "--save_steps", "2"))
+    assert f"could not write checkpoint {out / 'checkpoints' / 'step-4'}" in message
+    assert "No space left on device" in message and "step-2" in message
+    assert leftovers(out) == []
+    assert [p.name for p in list_checkpoints(out)] == ["step-2"]
+    assert resolve_resume_path(out, "latest") == out / "checkpoints" / "step-2"
+
+
+@pytest.fixture
+def hf_home_on(monkeypatch):
+    """Point the Hugging Face cache at `folder`, as HF_HOME=folder would in a new process
+    (datasets reads it once, at import)."""
+    import datasets
+
+    def point(folder: Path) -> Path:
+        monkeypatch.setenv("HF_HOME", str(folder))
+        for name, path in [
+            ("HF_DATASETS_CACHE", folder / "datasets"),
+            ("DOWNLOADED_DATASETS_PATH", folder / "datasets" / "downloads"),
+            ("EXTRACTED_DATASETS_PATH", folder / "datasets" / "downloads" / "extracted"),
+        ]:
+            monkeypatch.setattr(datasets.config, name, path)
+        return folder
+
+    return point
+
+
+def test_full_hf_home_while_writing_the_builtin_corpus(capsys, small_disk, hf_home_on, quick):
+    home = hf_home_on(small_disk("1m"))  # the corpus is about 4.7 MB of JSON lines
+    message = train_error(capsys, *quick)
+    assert "no space left on device for the built-in corpus" in message
+    assert "set HF_HOME to a folder on a disk with room" in message
+    assert leftovers(home) == []
+
+
+# A 330 KB text file: its Arrow copy is 330 KB, its chunks 330 KB, its tokens 290 KB.
+@pytest.mark.parametrize(
+    "size, stage",
+    [
+        ("200k", "the Arrow copy of the data"),
+        ("500k", "the chunked documents"),
+        ("800k", "the tokenized data"),
+    ],
+)
+def test_full_hf_home_while_caching_data(
+    capsys, small_disk, hf_home_on, quick, tmp_path, size, stage
+):
+    text = write_lines(tmp_path / "train.txt", 8000)
+    home = hf_home_on(small_disk(size))
+    message = train_error(capsys, *quick, "--train_file", str(text))
+    assert f"no space left on device for {stage} in {home / 'datasets'}" in message
+    assert "set HF_HOME to a folder on a disk with room" in message
+    assert leftovers(home) == []
+
+
+def test_full_hf_home_while_caching_the_tokenizer(capsys, small_disk, hf_home_on, quick, tmp_path):
+    from hfmini.config import parse_config
+    from hfmini.data import chunk_and_split
+    from hfmini.sources import load_sources
+
+    text = write_lines(tmp_path / "train.txt", 8000)
+    home = hf_home_on(small_disk("2m"))
+    args = [*quick, "--train_file", str(text)]
+    chunk_and_split(load_sources(parse_config(args).data), parse_config(args).data)  # cached
+    free = os.statvfs(home).f_bavail * os.statvfs(home).f_frsize
+    (home / "filler").write_bytes(b"\0" * (free - 8192))  # room for 2 pages: not the tokenizer
+    message = train_error(capsys, *args)
+    assert f"no space left on device for the trained tokenizer in {home / 'hfmini'}" in message
+    assert leftovers(home) == []
+
+
+# --- case 11: data and configuration values -------------------------------------------------
+
+
+def _jsonl(path: Path, texts: list) -> Path:
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return path
+
+
+@pytest.mark.parametrize(
+    "bad_row, value, kind",
+    [(5, 42, "a number"), (150, ["a", "b"], "a list"), (0, 3.5, "a number")],
+)
+def test_text_that_is_not_a_string(capsys, quick, tmp_path, bad_row, value, kind):
+    texts = [f"line {i} of some text here" for i in range(200)]
+    texts[bad_row] = value
+    path = _jsonl(tmp_path / "d.jsonl", texts)
+    message = train_error(capsys, *quick, "--train_file", str(path))
+    assert f"train_file {path} row {bad_row + 1}: text_column 'text' holds {kind}" in message
+    assert "make every text value a string (null skips a row)" in message
+
+
+def test_text_that_is_not_a_string_with_several_files(capsys, quick, tmp_path):
+    mixed = _jsonl(tmp_path / "a.jsonl", ["fine", "also fine", {"nested": 1}] + ["more"] * 100)
+    clean = _jsonl(tmp_path / "b.jsonl", [f"line {i} of some text" for i in range(100)])
+    message = train_error(capsys, *quick, "--train_file", str(mixed), str(clean))
+    expected = f"train_file {mixed} row 3: text_column 'text' holds an object ({{\"nested\": 1}})"
+    assert expected in message
+
+
+def test_config_file_that_is_not_utf8(capsys, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_bytes(TINY_RECIPE.read_bytes() + b"run_name: caf\xe9\n")
+    message = train_error(capsys, "--config", str(recipe))
+    assert f"config file {recipe} is not UTF-8 text (byte 0xe9 at position" in message
+    assert "save it as UTF-8" in message
+
+
+def test_block_of_one_token(capsys, quick):
+    message = train_error(capsys, *quick, "--block_size", "1")
+    assert message == (
+        "error: block_size must be at least 2 (a block holds one input token and the target "
+        "after it), got 1"
+    )
+
+
+# --- case 12: generate, eval and plot -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--top_k", "-3"], "top_k must be >= 0 (0: no top-k filtering), got -3"),
+        (["--top_p", "-0.5"], "top_p must be in (0, 1] (1: no nucleus filtering), got -0.5"),
+        (["--top_p", "1.5"], "top_p must be in (0, 1] (1: no nucleus filtering), got 1.5"),
+        (
+            ["--temperature", "1e-45"],
+            "temperature 1e-45 is too small to sample with: use 0 for greedy decoding or at "
+            "least 0.001",
+        ),
+        (["--temperature", "nan"], "temperature must be a finite number, got nan"),
+        (["--temperature", "inf"], "temperature must be a finite number, got inf"),
+    ],
+)
+def test_generate_bad_sampling_values(capsys, finished_run, argv, expected):
+    assert cli_error(capsys, "generate", str(finished_run), *argv) == f"error: {expected}"
+
+
+def test_generate_prompt_that_is_not_utf8(capsys, finished_run):
+    prompt = os.fsdecode(b"ROMEO \xff\xfe")  # what Python makes of such bytes in argv
+    message = cli_error(capsys, "generate", str(finished_run), "--prompt", prompt)
+    assert "--prompt is not valid UTF-8 (byte 0xff at position 6)" in message
+
+
+def test_generate_into_a_pipe_that_closes(finished_run):
+    """`hfmini generate ... | head -c 10`: the first bytes, then a quiet end, as `yes | head`."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [str(BIN / "hfmini"), "generate", str(finished_run), "--max_new_tokens", "3000"]
+    writer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    head = subprocess.run(["head", "-c", "10"], stdin=writer.stdout, capture_output=True)
+    writer.stdout.close()
+    stderr = writer.stderr.read().decode()
+    assert writer.wait(timeout=120) in (0, 141), stderr
+    assert len(head.stdout) == 10
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def _model_copy(finished_run: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for path in finished_run.glob("*.json"):
+        shutil.copy(path, folder)
+    shutil.copy(finished_run / "model.safetensors", folder)
+    return folder
+
+
+def _edit_config(folder: Path, **changes) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def _smaller_model(folder: Path) -> None:
+    """A consistent model (config and weights) of 100 tokens beside a 512-token tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=100, n_positions=64, n_embd=32, n_layer=1, n_head=2)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (
+            lambda f: (f / "tokenizer.json").write_text('{"version": "1.0", "trunc'),
+            "tokenizer.json is not valid JSON (Unterminated string",
+        ),
+        (
+            lambda f: (f / "config.json").write_text('{"model_type": "gpt2", '),
+            "config.json is not valid JSON (Expecting property name",
+        ),
+        (
+            lambda f: _edit_config(f, vocab_size=100),
+            "config.json has vocab_size 100 but the tokenizer has 512 tokens",
+        ),
+        (_smaller_model, "config.json has vocab_size 100 but the tokenizer has 512 tokens"),
+        (
+            lambda f: (f / "model.safetensors").write_bytes(
+                (f / "model.safetensors").read_bytes()[:100_000]
+            ),
+            "model.safetensors is truncated or damaged",
+        ),
+        (
+            lambda f: _edit_config(f, model_type="mygpt"),
+            "has model_type 'mygpt', which transformers does not know",
+        ),
+    ],
+    ids=["tokenizer-json", "config-json", "vocab-edited", "vocab-smaller", "truncated", "custom"],
+)
+def test_generate_from_a_damaged_model_folder(capsys, finished_run, tmp_path, damage, expected):
+    folder = _model_copy(finished_run, tmp_path)
+    damage(folder)
+    message = cli_error(capsys, "generate", str(folder), "--max_new_tokens", "3")
+    assert expected in message
+
+
+def test_custom_model_type_says_no_remote_code(capsys, finished_run, tmp_path):
+    folder = _model_copy(finished_run, tmp_path)
+    _edit_config(folder, model_type="mygpt", auto_map={"AutoModelForCausalLM": "m.MyGPT"})
+    (folder / "m.py").write_text("raise SystemExit('remote code ran')\n")
+    message = cli_error(capsys, "generate", str(folder))
+    assert "hfmini never runs code shipped with a model" in message
+
+
+def test_eval_on_a_one_byte_file(capsys, finished_run, tmp_path):
+    (tmp_path / "one.txt").write_text("a")
+    message = cli_error(
+        capsys, "eval", str(finished_run), "--validation_file", str(tmp_path / "one.txt")
+    )
+    assert "too short to score" in message and "add text" in message
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"block_size: [unclosed\n", "is not valid YAML (while parsing a flow sequence)"),
+        (b"- a\n- b\n", "must be a mapping of key: value"),
+        (b"text_column: caf\xe9\n", "is not UTF-8 text (byte 0xe9 at position 16)"),
+        (b"block_size: big\n", "block_size must be int, got 'big'"),
+    ],
+    ids=["syntax", "list", "not-utf8", "wrong-type"],
+)
+def test_eval_with_a_malformed_training_config(capsys, finished_run, content, expected):
+    (finished_run / "training_config.yaml").write_bytes(content)
+    message = cli_error(capsys, "eval", str(finished_run))
+    assert str(finished_run / "training_config.yaml") in message and expected in message
+    assert "fix it, or delete it and pass --validation_file" in message
+
+
+def test_plot_output_under_a_file(capsys, finished_run, tmp_path):
+    (tmp_path / "afile").write_text("keep me")
+    message = cli_error(capsys, "plot", str(finished_run), "-o", str(tmp_path / "afile" / "x.png"))
+    assert message == (
+        f"error: cannot write the plot to {tmp_path / 'afile' / 'x.png'}: {tmp_path / 'afile'} "
+        "is a file, not a folder; choose another -o path"
+    )
+    assert (tmp_path / "afile").read_text() == "keep me"
+
+
+# --- case 13: which checkpoints 'latest' resumes from ---------------------------------------
+
+
+def _damage(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    "name", ["optimizer.bin", "scheduler.pt", "ema.safetensors", "tokenizer/tokenizer.json"]
+)
+def test_latest_skips_a_checkpoint_with_any_damaged_file(finished_run, tmp_path, caplog, name):
+    copy = _interrupted_copy(finished_run, tmp_path)
+    newest = copy / "checkpoints" / "step-4"
+    _damage(newest / name)
+    assert resolve_resume_path(copy, "latest") == copy / "checkpoints" / "step-2"
+    assert f"skipping damaged checkpoint {newest} ({name} is unreadable)" in caplog.text
+    with pytest.raises(HfminiError, match=f"step-4 is damaged \\({name} is unreadable\\)"):
+        resolve_resume_path(copy, str(newest))
+
+
+def test_resume_latest_past_a_damaged_weight_average(capsys, finished_run, tmp_path, caplog):
+    copy = _interrupted_copy(finished_run, tmp_path)
+    _damage(copy / "checkpoints" / "step-4" / "ema.safetensors")
+    args = tiny_run_args(copy, 6, "--save_steps", "2", "--ema_decay", "0.9")
+    assert train_module.main([*args, "--resume_from_checkpoint", "latest"]) == 0
+    assert f"resumed from {copy / 'checkpoints' / 'step-2'} at step 2" in caplog.text
+    assert (copy / "model.safetensors").is_file()
+
+
+def test_resume_with_a_damaged_rng_state_says_so(capsys, finished_run, tmp_path, caplog):
+    copy = _interrupted_copy(finished_run, tmp_path)
+    rng = copy / "checkpoints" / "step-4" / "random_states_0.pkl"
+    rng.write_bytes(b"garbage")
+    args = tiny_run_args(copy, 6, "--save_steps", "2")
+    assert train_module.main([*args, "--resume_from_checkpoint", "latest"]) == 0
+    warnings = [
+        r for r in caplog.records if r.levelname == "WARNING" and "random states" in r.message
+    ]
+    assert warnings and str(rng) in warnings[0].message
+    assert "will not repeat an uninterrupted run exactly" in warnings[0].message
