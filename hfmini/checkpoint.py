@@ -176,17 +176,7 @@ def check_output_dir_is_ours(out: Path) -> None:
 def check_output_dir(args) -> Path | None:
     """Refuse to mix runs; returns the checkpoint to resume from, if any. Runs before any work."""
     out = Path(args.output_dir)
-    if out.exists() and not out.is_dir():
-        raise HfminiError(f"output_dir {out} is a file: choose a folder path")
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    if entries and not _made_by_hfmini(out):
-        shown = ", ".join(entries[:4]) + (
-            f" and {len(entries) - 4} more" if len(entries) > 4 else ""
-        )
-        raise HfminiError(
-            f"output_dir {out} already holds files that hfmini did not write ({shown}): choose a "
-            "new or empty folder"
-        )
+    check_output_dir_is_ours(out)
     deletes = "--overwrite_output_dir (which deletes its checkpoints and model)"
     if args.resume_from_checkpoint:
         if args.overwrite_output_dir:

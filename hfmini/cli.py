@@ -110,20 +110,9 @@ _FIX_RECORD = "fix it, or delete it and pass --validation_file"
 
 
 def _read_training_config(config_file: Path) -> dict:
-    import yaml
+    from hfmini.config import read_yaml
 
-    try:
-        recorded = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as err:
-        raise HfminiError(
-            f"{config_file} is not UTF-8 text (byte {err.object[err.start]:#04x} at position "
-            f"{err.start}): {_FIX_RECORD}"
-        ) from None
-    except yaml.YAMLError as err:
-        first_line = str(err).splitlines()[0]
-        raise HfminiError(
-            f"{config_file} is not valid YAML ({first_line}): {_FIX_RECORD}"
-        ) from None
+    recorded = read_yaml(config_file, str(config_file), _FIX_RECORD) or {}
     if not isinstance(recorded, dict):
         raise HfminiError(
             f"{config_file} must be a mapping of key: value, got a {type(recorded).__name__}: "

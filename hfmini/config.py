@@ -400,20 +400,26 @@ def _unknown_key_error(key: str, where: str) -> HfminiError:
     return HfminiError(f"unknown config key {key!r} {where}{hint}")
 
 
+def read_yaml(path: str | Path, name: str, fix: str):
+    """The values of a YAML file; one that is not UTF-8 or not YAML is a one-line error naming the
+    file as `name` and ending in `fix`."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise HfminiError(
+            f"{name} is not UTF-8 text (byte {err.object[err.start]:#04x} at position "
+            f"{err.start}): {fix}"
+        ) from None
+    except yaml.YAMLError as err:
+        first_line = str(err).splitlines()[0]
+        raise HfminiError(f"{name} is not valid YAML ({first_line}): {fix}") from None
+
+
 def _yaml_to_argv(path: str) -> list[str]:
     """Turn a flat YAML file into `--key value` strings so argparse type-checks them too."""
     if not os.path.isfile(path):
         raise HfminiError(f"config file {path!r} not found: check the path given to --config")
-    try:
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as err:
-        raise HfminiError(
-            f"config file {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at position "
-            f"{err.start}): save it as UTF-8"
-        ) from None
-    except yaml.YAMLError as err:
-        first_line = str(err).splitlines()[0]
-        raise HfminiError(f"config file {path} is not valid YAML ({first_line})") from None
+    values = read_yaml(path, f"config file {path}", "save it as UTF-8 YAML") or {}
     if not isinstance(values, dict):
         raise HfminiError(f"config file {path} must be a flat mapping of key: value")
     keys = set(known_keys())

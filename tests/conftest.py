@@ -133,3 +133,52 @@ def tmpfs(path: Path, size: str, read_only: bool = False):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def launch_command(*args: str) -> list[str]:
+    """The training script under `accelerate launch`, one process on the CPU, as `make train`."""
+    return [
+        str(BIN / "accelerate"),
+        "launch",
+        "-q",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(TRAIN_SCRIPT),
+        *args,
+    ]
+
+
+def train_error(capsys, *argv: str) -> str:
+    """`recipes/train.py`'s entry point must fail with one line, exit 2, no traceback; returns
+    the line. The tiny recipe is used unless argv names a --config."""
+    from hfmini import train as train_module
+
+    config = [] if "--config" in argv else ["--config", str(TINY_RECIPE)]
+    code = train_module.main([*config, *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert err[-1].startswith("error: ") and "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+@pytest.fixture
+def small_data(tmp_path) -> list[str]:
+    """Arguments for local text small enough that runs take seconds and epochs are short."""
+    text = write_lines(tmp_path / "train.txt", 150)
+    val = write_lines(tmp_path / "val.txt", 60, seed=4)
+    return [
+        "--train_file",
+        str(text),
+        "--validation_file",
+        str(val),
+        "--vocab_size",
+        "300",
+        "--block_size",
+        "32",
+    ]

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import BIN, REPO, TINY_RECIPE, TRAIN_SCRIPT
+from conftest import BIN, REPO, TINY_RECIPE, TRAIN_SCRIPT, launch_command
 
 LOAD_WITHOUT_HFMINI = """
 import sys
@@ -30,25 +30,7 @@ def run(cmd, cwd=REPO, **kw):
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e") / "model"
     result = run(
-        [
-            str(BIN / "accelerate"),
-            "launch",
-            "--num_processes",
-            "1",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            str(TRAIN_SCRIPT),
-            "--config",
-            str(TINY_RECIPE),
-            "--output_dir",
-            str(out),
-            "--max_steps",
-            "10",
-        ]
+        launch_command("--config", str(TINY_RECIPE), "--output_dir", str(out), "--max_steps", "10")
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result

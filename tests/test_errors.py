@@ -4,6 +4,8 @@ The entry points are called in-process: an unexpected exception (a traceback for
 the test by propagating.
 """
 
+import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -11,21 +13,21 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BIN, REPO, TINY_RECIPE, reset_accelerate, tiny_run_args, write_lines
+from conftest import (
+    BIN,
+    REPO,
+    TINY_RECIPE,
+    reset_accelerate,
+    tiny_run_args,
+    tmpfs,
+    train_error,
+    write_lines,
+)
 
 from hfmini import cli
 from hfmini import train as train_module
 from hfmini.checkpoint import list_checkpoints, resolve_resume_path
 from hfmini.errors import HfminiError
-
-
-def train_error(capsys, *argv) -> str:
-    config = [] if "--config" in argv else ["--config", str(TINY_RECIPE)]
-    code = train_module.main([*config, *argv])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, err
-    assert err[-1].startswith("error: ") and "Traceback" not in "\n".join(err)
-    return err[-1]
 
 
 def cli_error(capsys, *argv) -> str:
@@ -180,9 +182,14 @@ def trained(tmp_path_factory):
     """One finished tiny run, trained once for this module: 6 steps, checkpoints at steps 2 and 4,
     with a weight average. Tests change only copies of it."""
     out = tmp_path_factory.mktemp("trained") / "out"
-    assert train_module.main(tiny_run_args(out, 6, "--save_steps", "2", "--ema_decay", "0.9")) == 0
+    assert train_module.main(trained_args(out)) == 0
     reset_accelerate()
     return out
+
+
+def trained_args(out, *extra):
+    """The settings of `trained`, into `out`: a resume must keep them (or it is refused)."""
+    return tiny_run_args(out, 6, "--save_steps", "2", "--ema_decay", "0.9", *extra)
 
 
 @pytest.fixture
@@ -244,15 +251,8 @@ def test_tokenizer_that_does_not_match_the_resumed_model(capsys, finished_run, t
     other = train_tokenizer(iter(["completely different text"] * 10), 300, 64)
     other.save_pretrained(tmp_path / "other_tok")
     copy = _interrupted_copy(finished_run, tmp_path)
-    args = [a if a != str(tmp_path / "out") else str(copy) for a in quick]
-    message = train_error(
-        capsys,
-        *args,
-        "--resume_from_checkpoint",
-        "latest",
-        "--tokenizer_name",
-        str(tmp_path / "other_tok"),
-    )
+    resume = ("--resume_from_checkpoint", "latest", "--tokenizer_name", str(tmp_path / "other_tok"))
+    message = train_error(capsys, *trained_args(copy, *resume))
     assert "does not match the one the checkpoint was trained with" in message
 
 
@@ -297,33 +297,11 @@ def test_generate_greedy_and_long_prompt(capsys, finished_run, caplog):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """`small_disk("2m")` mounts a tmpfs of that size and returns it: writes past its size fail
-    with ENOSPC exactly as on a full disk. Needs root (CI runs as root); skips elsewhere."""
-    mounted = []
-
-    def mount(size: str) -> Path:
-        folder = tmp_path / f"disk-{len(mounted)}"
-        folder.mkdir()
-        try:
-            result = subprocess.run(
-                ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                capture_output=True,
-                text=True,
-            )
-            failure = result.returncode and (result.stderr.strip() or f"exit {result.returncode}")
-        except OSError as err:
-            failure = str(err)
-        if failure:
-            pytest.skip(
-                f"a full disk is simulated with a small tmpfs, which cannot be mounted here "
-                f"({failure}): run as root to cover it"
-            )
-        mounted.append(folder)
-        return folder
-
-    yield mount
-    for folder in mounted:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
+    """`small_disk("2m")` mounts a tmpfs of that size (conftest.tmpfs) and returns it: writes past
+    its size fail with ENOSPC exactly as on a full disk. Needs root; skips elsewhere."""
+    with contextlib.ExitStack() as mounts:
+        count = itertools.count()
+        yield lambda size: mounts.enter_context(tmpfs(tmp_path / f"disk-{next(count)}", size))
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -634,8 +612,7 @@ def test_resume_with_a_damaged_rng_state_says_so(capsys, finished_run, tmp_path,
     copy = _interrupted_copy(finished_run, tmp_path)
     rng = copy / "checkpoints" / "step-4" / "random_states_0.pkl"
     rng.write_bytes(b"garbage")
-    args = tiny_run_args(copy, 6, "--save_steps", "2")
-    assert train_module.main([*args, "--resume_from_checkpoint", "latest"]) == 0
+    assert train_module.main(trained_args(copy, "--resume_from_checkpoint", "latest")) == 0
     warnings = [
         r for r in caplog.records if r.levelname == "WARNING" and "random states" in r.message
     ]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BIN, REPO, TRAIN_SCRIPT, tiny_run_args
+from conftest import BIN, REPO, TRAIN_SCRIPT, launch_command, tiny_run_args
 from safetensors.torch import load_file
 
 from hfmini.checkpoint import list_checkpoints
@@ -26,25 +26,6 @@ from hfmini.checkpoint import list_checkpoints
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 GRACE = 30  # seconds between SIGTERM and SIGKILL under Docker, Kubernetes and Slurm (about)
 BAD_KEY = ["--learning_rte", "0.1"]
-
-
-def launch_command(*args: str) -> list[str]:
-    """The training script under `accelerate launch`, one process on the CPU, as `make train`."""
-    return [
-        str(BIN / "accelerate"),
-        "launch",
-        "-q",
-        "--num_processes",
-        "1",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        str(TRAIN_SCRIPT),
-        *args,
-    ]
 
 
 def stat_fields(pid: int) -> list[str] | None:

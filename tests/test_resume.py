@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, TRAIN_SCRIPT, tiny_run_args, write_lines
+from conftest import REPO, TRAIN_SCRIPT, tiny_run_args
 from safetensors.torch import load_file
 
 from hfmini.checkpoint import TrainState, list_checkpoints, resolve_resume_path
@@ -36,23 +36,14 @@ def max_weight_diff(a, b):
 
 
 @pytest.fixture
-def small_data_args(tmp_path):
+def small_data_args(small_data):
     """Short epochs (8 batches) so that runs cross epochs and checkpoints fall mid-epoch."""
-    text = write_lines(tmp_path / "train.txt", 150)
-    val = write_lines(tmp_path / "val.txt", 60, seed=4)
 
     def make(out, *extra):
         return tiny_run_args(
             out,
             10,
-            "--train_file",
-            str(text),
-            "--validation_file",
-            str(val),
-            "--vocab_size",
-            "300",
-            "--block_size",
-            "32",
+            *small_data,
             "--per_device_train_batch_size",
             "8",
             "--gradient_accumulation_steps",

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_run_args, tmpfs, write_lines
+from conftest import tiny_run_args, tmpfs, train_error, write_lines
 
 from hfmini import train as train_module
 from hfmini.checkpoint import LOCK_FILE, holds_finished_model, list_checkpoints
@@ -17,41 +17,16 @@ from hfmini.errors import HfminiError
 from hfmini.train import run_training
 
 
-def train_error(capsys, *argv) -> str:
-    """The last stderr line of `recipes/train.py`'s entry point, which must fail with one line."""
-    code = train_module.main(list(argv))
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, err
-    assert err[-1].startswith("error: ") and "Traceback" not in "\n".join(err)
-    return err[-1]
-
-
 def snapshot(folder):
     return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 @pytest.fixture
-def data_args(tmp_path):
-    """Local data small enough for runs of a few seconds, with checkpoints mid-run."""
-    text = write_lines(tmp_path / "train.txt", 150)
-    val = write_lines(tmp_path / "val.txt", 60, seed=4)
+def data_args(small_data):
+    """Runs of a few seconds on local data, with a checkpoint mid-run."""
 
     def make(out, *extra):
-        return tiny_run_args(
-            out,
-            6,
-            "--train_file",
-            str(text),
-            "--validation_file",
-            str(val),
-            "--vocab_size",
-            "300",
-            "--block_size",
-            "32",
-            "--save_steps",
-            "3",
-            *extra,
-        )
+        return tiny_run_args(out, 6, *small_data, "--save_steps", "3", *extra)
 
     return make
 
