@@ -18,11 +18,10 @@ import shutil
 from pathlib import Path
 
 import yaml
-from safetensors import SafetensorError
 
-from hfmini.checkpoint import EXPORT_TMP
+from hfmini.checkpoint import EXPORT_TMP, list_checkpoints
 from hfmini.config import SAMPLING_DEFAULTS
-from hfmini.errors import HfminiError
+from hfmini.errors import HfminiError, disk_full
 
 
 def generation_config_for(model, tokenizer):
@@ -79,12 +78,22 @@ def atomic_export(output_dir: str | Path):
         # Renames within one folder: no copy, no extra space. Weights last (see the docstring).
         for path in sorted(tmp.iterdir(), key=lambda p: p.name.endswith(".safetensors")):
             os.replace(path, output_dir / path.name)
-    # A full disk comes out of safetensors as SafetensorError and of torch as RuntimeError.
-    except (OSError, RuntimeError, SafetensorError) as err:
-        reason = getattr(err, "strerror", None) or str(err).splitlines()[0][:120]
+    except Exception as err:
+        # As for checkpoints: a full disk is told apart by errors.disk_full (torch and safetensors
+        # do not raise OSError for it); any other failure that is not an OSError is a bug to show.
+        full = disk_full(err, output_dir)
+        if not full and not isinstance(err, OSError):
+            raise
+        reason = "No space left on device" if full else (err.strerror or str(err))
+        kept = list_checkpoints(output_dir)
+        hint = (
+            f"then run the same command with --resume_from_checkpoint latest ({kept[-1].name} "
+            "is untouched)"
+            if kept
+            else "then run again (no checkpoint was saved)"
+        )
         raise HfminiError(
-            f"could not write the model to {output_dir} ({reason}): free disk space, then run again "
-            "(add --resume_from_checkpoint latest if the run saved checkpoints: they are untouched)"
+            f"could not write the model to {output_dir} ({reason}): free disk space, {hint}"
         ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

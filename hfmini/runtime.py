@@ -12,6 +12,7 @@ import os
 import torch
 
 from hfmini.config import Config
+from hfmini.interrupt import launched
 
 logger = logging.getLogger("hfmini")
 
@@ -23,8 +24,7 @@ def use_all_cpu_cores() -> None:
     CPU-only machine that leaves all but one core idle (on 2 cores it cost close to half the
     tokens/s). When a launcher set it, give each local process its share of the cores instead.
     """
-    launched = "ACCELERATE_DYNAMO_BACKEND" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
-    if torch.cuda.is_available() or not launched or os.environ.get("OMP_NUM_THREADS") != "1":
+    if torch.cuda.is_available() or not launched() or os.environ.get("OMP_NUM_THREADS") != "1":
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = max(1, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))

@@ -178,22 +178,14 @@ def stand_in(tmp_path, launched: bool, child_delay: float = 0.0):
 
 
 @linux_only
-def test_training_process_is_told_when_its_launcher_is_killed(tmp_path):
-    launcher, child, result = stand_in(tmp_path, launched=True)
+@pytest.mark.parametrize("when", ["killed while training", "died before the child asked"])
+def test_training_process_is_told_when_its_launcher_dies(tmp_path, when):
+    killed = when == "killed while training"
+    launcher, child, result = stand_in(tmp_path, launched=True, child_delay=0.0 if killed else 1.0)
     try:
-        launcher.send_signal(signal.SIGTERM)  # kills it: no handler, like accelerate's
-        launcher.wait(timeout=10)
-        wait_for(lambda: not running(child), 10, "child still running")
-        assert result.read_text() == "SIGTERM"
-    finally:
-        kill_group(launcher.pid)
-
-
-@linux_only
-def test_training_process_is_told_when_its_launcher_died_before_it_asked(tmp_path):
-    launcher, child, result = stand_in(tmp_path, launched=True, child_delay=1.0)
-    try:
-        launcher.wait(timeout=10)  # exits once the child has started
+        if killed:
+            launcher.send_signal(signal.SIGTERM)  # kills it: no handler, like accelerate's
+        launcher.wait(timeout=10)  # otherwise it exits once the child has started
         wait_for(lambda: not running(child), 10, "child still running")
         assert result.read_text() == "SIGTERM"
     finally:
