@@ -36,11 +36,15 @@ def build_model_card(
     num_processes: int,
     model_config,
     precision: str,
+    base_model: str | None = None,
 ) -> ModelCard:
     """The card of a finished run; `precision` is the mixed precision it trained in ("no", "bf16",
-    "fp16"), as the run's Accelerator used it."""
+    "fp16"), as the run's Accelerator used it; `base_model` the Hub id it was fine-tuned from
+    (None: from scratch, or from a local folder, which the Hub cannot link to)."""
     data_name, data_text, hub_datasets = describe_data(config.data)
     args = config.train
+    kind = config.training_kind()
+    adapter = kind == "lora" and not config.model.merge_adapters
     repo = args.hub_model_id or args.output_dir
     model_name = (args.hub_model_id or Path(args.output_dir).name).split("/")[-1]
     metrics = [
@@ -48,13 +52,29 @@ def build_model_card(
         ("perplexity", "Perplexity", results["perplexity"]),
         ("bits_per_byte", "Bits per byte", results["bits_per_byte"]),
     ]
+    before = []
+    if "start_bits_per_byte" in results:
+        before = [("Bits per byte of the starting model", results["start_bits_per_byte"])]
+    origin = config.model.model_name_or_path
+    how = {
+        "scratch": "",
+        "full": "full fine-tuning",
+        "lora": f"LoRA (r={config.model.lora_r}, alpha={config.model.lora_alpha})"
+        + (", shipped as adapters for peft" if adapter else ", merged into the weights"),
+    }[kind]
+    tags = ["hfmini", model_config.model_type, "text-generation"]
+    tags += ["from-scratch", "byte-level-bpe"] if kind == "scratch" else ["fine-tuned"]
+    tags += ["lora", "peft"] if kind == "lora" else []
     card_data = ModelCardData(
         language="en" if not config.data.dataset_name and not config.data.train_file else None,
         license=args.license,
-        library_name="transformers",
+        library_name="peft" if adapter else "transformers",
         pipeline_tag="text-generation",
-        tags=["hfmini", "gpt2", "text-generation", "from-scratch", "byte-level-bpe"],
+        tags=tags,
         datasets=hub_datasets or None,
+        # The Hub's family tree: what this model derives from, and how.
+        base_model=base_model,
+        base_model_relation=("adapter" if adapter else "finetune") if base_model else None,
         model_name=model_name,
         eval_results=[
             EvalResult(
@@ -96,24 +116,50 @@ def build_model_card(
         ("seed", f"{args.seed}"),
     ]
     architecture = [
-        ("layers", model_config.n_layer),
-        ("attention heads", model_config.n_head),
-        ("width (n_embd)", model_config.n_embd),
-        ("context (n_positions)", model_config.n_positions),
-        ("vocabulary", f"{model_config.vocab_size:,} (byte-level BPE)"),
+        ("architecture", model_config.model_type),
+        ("layers", model_config.num_hidden_layers),
+        ("attention heads", model_config.num_attention_heads),
+        ("width", model_config.hidden_size),
+        ("context", getattr(model_config, "max_position_embeddings", "?")),
+        (
+            "vocabulary",
+            f"{model_config.vocab_size:,}" + (" (byte-level BPE)" * (kind == "scratch")),
+        ),
         ("parameters", f"{results['parameters']:,}"),
+        ("trained parameters", f"{results.get('trainable_parameters', results['parameters']):,}"),
     ]
+    if kind == "scratch":
+        summary = f"A miniature GPT-2 trained from scratch with hfmini on {data_text}."
+        tokenizer_line = "The tokenizer was trained on the training split only."
+    else:
+        summary = f"`{origin}` fine-tuned with hfmini ({how}) on {data_text}."
+        tokenizer_line = f"The tokenizer is `{origin}`'s own."
+    usage = f"""```python
+from transformers import pipeline
+
+generate = pipeline("text-generation", model="{repo}")
+print(generate("{(args.sample_prompts or [""])[0]}", max_new_tokens=100)[0]["generated_text"])
+```"""
+    if adapter:
+        usage = f"""```python
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+
+model = AutoPeftModelForCausalLM.from_pretrained("{repo}")  # loads the base model, then the adapters
+tokenizer = AutoTokenizer.from_pretrained("{repo}")
+```"""
     sample_text = "\n\n".join(f"```text\n{prompt}{text}\n```" for prompt, text in samples)
     body = f"""
 # {model_name}
 
-A miniature GPT-2 trained from scratch with hfmini on {data_text}.
+{summary}
 
 ## Results
 
 | metric | value |
 |---|---|
 {chr(10).join(f"| {label} | {value:.4f} |" for _, label, value in metrics)}
+{chr(10).join(f"| {label} | {value:.4f} |" for label, value in before)}
 
 Bits per byte is the total negative log-likelihood divided by ln 2 × the UTF-8 bytes of the scored
 text: unlike perplexity it compares models with different tokenizers.
@@ -130,18 +176,13 @@ text: unlike perplexity it compares models with different tokenizers.
 |---|---|
 {chr(10).join(f"| {k} | {v} |" for k, v in hyper)}
 
-Training data: {data_text}. The tokenizer was trained on the training split only.
+Training data: {data_text}. {tokenizer_line}
 
 ![Training and validation loss](loss_curve.png)
 
 ## Usage
 
-```python
-from transformers import pipeline
-
-generate = pipeline("text-generation", model="{repo}")
-print(generate("{(args.sample_prompts or [""])[0]}", max_new_tokens=100)[0]["generated_text"])
-```
+{usage}
 
 ## Samples
 

@@ -1,9 +1,16 @@
 """Training checkpoints under `output_dir/checkpoints/step-N/`, written so a kill never leaves half.
 
-A checkpoint holds what `accelerator.save_state` writes (model as safetensors, optimizer, RNG
-states per process), the scheduler, `trainer_state.json` (step counters and data position, as JSON
-so that loading never unpickles) and the tokenizer. It is written into `step-N.tmp/` and renamed to
-`step-N/` only once complete; a folder without the final marker is never resumed from.
+A checkpoint is a model folder plus what a resume needs:
+
+  config.json  model.safetensors  generation_config.json  tokenizer*.json   ← opens like a model
+  (LoRA runs: adapter_config.json  adapter_model.safetensors instead of the weights)
+  optimizer.bin  scheduler.pt  random_states_N.pkl   ← accelerate's save_state, per process
+  training_config.yaml  trainer_state.json           ← the settings; counters and data position
+
+so `from_pretrained(".../checkpoints/step-N")`, `hfmini generate`, `hfmini eval` and
+`model_name_or_path` take it as it is. trainer_state.json is JSON so that loading never unpickles.
+A checkpoint is written into `step-N.tmp/` and renamed to `step-N/` only once complete; a folder
+without the final marker is never resumed from.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # a LoRA run's checkpoint holds these weights
 
 
 @dataclass
@@ -39,6 +47,8 @@ class TrainState:
     # What the run is, so that a resume with other settings or data is refused.
     settings: dict = dataclasses.field(default_factory=dict)  # training_settings(config)
     data_fingerprint: str = ""  # PreparedData.fingerprint()
+    # Fine-tuning: the starting model's validation metrics, scored before the first step.
+    start_metrics: dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -106,6 +116,12 @@ def resolve_resume_path(output_dir: str | Path, resume_from_checkpoint: str) -> 
             "--resume_from_checkpoint to start fresh (with --overwrite_output_dir)"
         )
     path = Path(resume_from_checkpoint)
+    if path.is_dir() and not (path / STATE_FILE).is_file() and (path / "config.json").is_file():
+        raise HfminiError(
+            f"{resume_from_checkpoint} is a model, not a training checkpoint: to train it further "
+            f"(on new data, with a fresh optimizer and schedule) use --model_name_or_path "
+            f"{resume_from_checkpoint} instead of --resume_from_checkpoint"
+        )
     if not path.is_dir() or not (path / STATE_FILE).is_file():
         raise HfminiError(
             f"{resume_from_checkpoint} is not an hfmini checkpoint (no {STATE_FILE}): point "
@@ -139,14 +155,19 @@ RUN_FILES = (
     "tokenizer_config.json",
     "special_tokens_map.json",
     "model.safetensors.index.json",
+    "adapter_config.json",
+    "adapter_model.safetensors",
     "wandb",
     EXPORT_TMP,
 )
 
 
 def holds_finished_model(output_dir: str | Path) -> bool:
-    """config.json with complete weights: an export cut short (kill, full disk) is not finished."""
+    """config.json with complete weights, or a LoRA adapter folder with complete adapter weights:
+    an export cut short (kill, full disk) is not finished."""
     out = Path(output_dir)
+    if (out / "adapter_config.json").is_file():
+        return _weights_readable(out / "adapter_model.safetensors")
     weights = list(out.glob("model*.safetensors"))
     return (
         (out / "config.json").is_file() and bool(weights) and all(map(_weights_readable, weights))
@@ -275,13 +296,16 @@ def save_checkpoint(
     tokenizer,
     save_total_limit: int | None,
     ema=None,
+    config_dict: dict | None = None,
 ) -> Path:
     """Write step-N atomically on all processes (each saves its own RNG state); main renames.
-    `ema` (hfmini.ema.WeightAverage), when given, is saved with it.
+    `ema` (hfmini.ema.WeightAverage), when given, is saved with it; `config_dict` (the run's
+    settings) as training_config.yaml, which `hfmini eval` reads for the data source.
 
     Cost: a full copy of model + optimizer state (about 3× the weights in fp32) to disk.
     """
     import torch
+    import yaml
 
     root = checkpoints_dir(output_dir)
     final = root / f"step-{state.step}"
@@ -294,7 +318,11 @@ def save_checkpoint(
         accelerator.save_state(str(tmp))
         if accelerator.is_main_process:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            tokenizer.save_pretrained(tmp / "tokenizer")
+            tokenizer.save_pretrained(tmp)
+            if config_dict is not None:
+                (tmp / "training_config.yaml").write_text(
+                    yaml.safe_dump(config_dict, sort_keys=False), encoding="utf-8"
+                )
             (tmp / STATE_FILE).write_text(state.to_json())
             if ema is not None:
                 ema.save(tmp)
@@ -317,6 +345,69 @@ def save_checkpoint(
         for old in list_checkpoints(output_dir)[:-save_total_limit]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_weights_as_model(accelerator, tokenizer) -> None:
+    """Make accelerate's save_state and load_state keep the weights as a model folder.
+
+    accelerate would save the weights under the wrappers' names ("module.", "_orig_mod.", which
+    from_pretrained cannot read); instead save_pretrained writes config.json and model.safetensors
+    (a LoRA run: the adapters only, the base stays where model_name_or_path points), and the
+    load reads them back into the plain module. FSDP and DeepSpeed keep their own sharded format.
+    """
+    from hfmini.export import generation_config_for
+    from hfmini.runtime import is_sharded
+
+    if is_sharded(accelerator):
+        return
+
+    def save_hook(models, weights, output_dir) -> None:
+        if len(models) != 1:
+            return
+        if accelerator.is_main_process:
+            model = accelerator.unwrap_model(models[0], keep_torch_compile=False)
+            model.generation_config = generation_config_for(model, tokenizer)
+            model.save_pretrained(output_dir)
+            Path(output_dir, "README.md").unlink(missing_ok=True)  # peft's boilerplate card
+        weights.clear()  # accelerate then writes no second copy
+
+    def load_hook(models, input_dir) -> None:
+        if len(models) == 1 and _load_model_files(
+            accelerator.unwrap_model(models[0], keep_torch_compile=False), Path(input_dir)
+        ):
+            models.clear()  # loaded: accelerate skips its own (older checkpoints have only that)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def _load_model_files(model, folder: Path) -> bool:
+    """Load a checkpoint's model files into `model`; False if it has none (an older checkpoint)."""
+    from safetensors.torch import load_file
+
+    if hasattr(model, "peft_config"):
+        if not (folder / ADAPTER_WEIGHTS).is_file():
+            return False
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, load_file(folder / ADAPTER_WEIGHTS))
+        if result.unexpected_keys:
+            raise ValueError(f"unexpected adapter weights {result.unexpected_keys[:3]}")
+        return True
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        return False
+    state = load_file(folder / "model.safetensors")
+    result = model.load_state_dict(state, strict=False)
+    # save_pretrained stores a tied weight once (GPT-2's lm_head is wte): missing is fine for
+    # those, and only those.
+    tensors = {name: p for name, p in model.named_parameters(remove_duplicate=False)}
+    loaded = {id(tensors[name]) for name in state if name in tensors}
+    missing = [name for name in result.missing_keys if id(tensors.get(name)) not in loaded]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"weights do not match the model: {(missing + result.unexpected_keys)[:3]}"
+        )
+    return True
 
 
 def load_checkpoint(accelerator, path: Path, scheduler) -> TrainState:
@@ -423,8 +514,8 @@ def check_resume_settings(saved: TrainState, config) -> None:
         )
         raise HfminiError(
             f"these settings differ from the checkpoint's, so the run would not continue as it "
-            f"was{schedule}: {listed}; resume with the checkpoint's settings, or start a new run "
-            "in another output_dir"
+            f"was{schedule}: {listed}; resume with the checkpoint's settings, or train its "
+            "weights further in a new run: --model_name_or_path CHECKPOINT with another output_dir"
         )
 
 
@@ -433,8 +524,9 @@ def check_resume_data(saved: TrainState, fingerprint: str) -> None:
     if saved.data_fingerprint and saved.data_fingerprint != fingerprint:
         raise HfminiError(
             "the training or validation data differ from the checkpoint's (after tokenization), "
-            "so resuming would skip blocks of the new data: resume on the same data, or start a "
-            "new run in another output_dir"
+            "so resuming would skip blocks of the new data: resume on the same data, or train "
+            "its weights on the new data in a new run: --model_name_or_path CHECKPOINT with "
+            "another output_dir"
         )
 
 
@@ -455,11 +547,12 @@ def damage(path: Path) -> str | None:
         TrainState.from_json((path / STATE_FILE).read_text())
     except (OSError, ValueError, TypeError):
         return f"{STATE_FILE} is unreadable"
-    if not list(path.glob("model*.safetensors")):
+    if not list(path.glob("model*.safetensors")) and not (path / ADAPTER_WEIGHTS).is_file():
         return "no model*.safetensors weights"
     if not list(path.glob("optimizer*")):
         return "no optimizer state"
-    for name in ("tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"):
+    tokenizer = "" if (path / "tokenizer.json").is_file() else "tokenizer/"
+    for name in (f"{tokenizer}tokenizer.json", f"{tokenizer}tokenizer_config.json"):
         try:
             json.loads((path / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):

@@ -1,4 +1,6 @@
-"""The `hfmini` command: train, generate, eval, plot.
+"""The `hfmini` command: train, generate, eval, plot, push.
+
+`push` uploads a finished run trained offline, the same files and checks as --push_to_hub.
 
 Heavy imports (torch, transformers) happen inside each command, so `hfmini --help` is instant.
 Every command prints user mistakes as one `error: ...` line and exits 2.
@@ -53,6 +55,17 @@ def make_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="overlay the loss curves of several runs")
     plot.add_argument("run_dirs", nargs="+")
     plot.add_argument("-o", "--output", default="loss_curves.png")
+
+    push = commands.add_parser(
+        "push", help="upload a finished run to the Hugging Face Hub, as --push_to_hub would have"
+    )
+    push.add_argument("output_dir", help="a finished training output_dir, or a peft adapter folder")
+    push.add_argument("--hub_model_id", required=True, help="user/name on the Hub")
+    push.add_argument(
+        "--private",
+        action="store_true",
+        help="create the repo private (an existing repo keeps its visibility)",
+    )
     return parser
 
 
@@ -160,11 +173,11 @@ def cmd_eval(args) -> dict:
     if args.batch_size <= 0:
         raise HfminiError(f"batch_size must be positive, got {args.batch_size}")
     model, tokenizer = load_model_and_tokenizer(args.model_dir)
-    block_size = args.block_size or model.config.n_positions
-    if not 2 <= block_size <= model.config.n_positions:
+    block_size = args.block_size or model.config.max_position_embeddings
+    if not 2 <= block_size <= model.config.max_position_embeddings:
         raise HfminiError(
             f"block_size must be between 2 and the model's context "
-            f"{model.config.n_positions}, got {block_size}"
+            f"{model.config.max_position_embeddings}, got {block_size}"
         )
     tokens = prepare_eval_tokens(
         eval_data_args(args.model_dir, args.validation_file, args.text_column), tokenizer
@@ -190,6 +203,20 @@ def cmd_plot(args) -> None:
     print(plot_runs(args.run_dirs, args.output))
 
 
+def cmd_push(args) -> str:
+    from hfmini.hub import check_finished_folder, check_hub_access, push_folder
+
+    # Everything that can be checked locally first, the Hub (token, network) last; no upload
+    # starts unless all pass. The file selection is training's: model files, never checkpoints/.
+    check_finished_folder(args.output_dir)
+    check_hub_access(args.hub_model_id, alternative=None)
+    # The folder's name only: a full path would put the user's home into public history.
+    message = f"hfmini: upload {Path(args.output_dir).resolve().name}"
+    url = push_folder(args.output_dir, args.hub_model_id, args.private, message)
+    print(url)
+    return url
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
@@ -198,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         return train_main(argv[1:])
     args = make_parser().parse_args(argv)
     try:
-        {"generate": cmd_generate, "eval": cmd_eval, "plot": cmd_plot}[args.command](args)
+        commands = {"generate": cmd_generate, "eval": cmd_eval, "plot": cmd_plot, "push": cmd_push}
+        commands[args.command](args)
     except HfminiError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

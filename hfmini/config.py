@@ -34,6 +34,13 @@ MODEL_PRESETS: dict[str, dict[str, int]] = {
     "gpt2-small": {"n_layer": 12, "n_head": 12, "n_embd": 768},
 }
 
+# Settings that only describe a model built from scratch; refused with model_name_or_path.
+FROM_SCRATCH_ONLY = ("model_size", "n_layer", "n_head", "n_embd", "n_positions", "vocab_size")
+
+# Peak learning rate when none is given: from scratch; full fine-tuning (transformers'
+# TrainingArguments default); LoRA adapters (the usual choice with TRL and peft).
+DEFAULT_LEARNING_RATES = {"scratch": 1e-3, "full": 5e-5, "lora": 2e-4}
+
 # Sampling defaults of training samples, `hfmini generate` and the exported generation_config.json
 # (what `pipeline("text-generation")` uses).
 SAMPLING_DEFAULTS: dict[str, float | int] = {"temperature": 0.8, "top_k": 50, "top_p": 0.95}
@@ -125,36 +132,90 @@ class DataArguments:
 
 @dataclass
 class ModelArguments:
-    """The tokenizer and the GPT-2 shape."""
+    """Where the weights come from: a GPT-2 built from scratch (a preset shape and a tokenizer
+    trained on the data), or an existing model to fine-tune, fully or with LoRA adapters."""
 
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Fine-tune this model: a local folder (an hfmini output_dir or checkpoint, "
+            "any save_pretrained folder) or a Hub id such as gpt2. Unset: build one from scratch."
+        },
+    )
     tokenizer_name: str | None = field(
         default=None,
-        metadata={"help": "An existing tokenizer folder or Hub id; unset trains a new one."},
+        metadata={
+            "help": "An existing tokenizer folder or Hub id. Unset: model_name_or_path's own "
+            "tokenizer, or from scratch a new one trained on the data."
+        },
     )
-    vocab_size: int = field(
-        default=4096, metadata={"help": "Vocabulary size of the tokenizer trained from scratch."}
+    vocab_size: int | None = field(
+        default=None,
+        metadata={"help": "Vocabulary size of a tokenizer trained from scratch (default 4096)."},
     )
-    model_size: str = field(
-        default="micro", metadata={"help": "Preset: nano, micro, mini or gpt2-small (124M)."}
+    model_size: str | None = field(
+        default=None,
+        metadata={"help": "From scratch: nano, micro (default), mini or gpt2-small (124M)."},
     )
     n_layer: int | None = field(default=None, metadata={"help": "Override the preset's depth."})
     n_head: int | None = field(default=None, metadata={"help": "Override the preset's heads."})
     n_embd: int | None = field(default=None, metadata={"help": "Override the preset's width."})
     n_positions: int | None = field(
-        default=None, metadata={"help": "Model context; defaults to block_size."}
+        default=None, metadata={"help": "Model context from scratch; defaults to block_size."}
     )
-    dropout: float = field(
-        default=0.0, metadata={"help": "Dropout on residuals, embeddings, attention."}
+    dropout: float | None = field(
+        default=None,
+        metadata={
+            "help": "Dropout on residuals, embeddings, attention. Default: 0 from scratch, the "
+            "model's own when fine-tuning."
+        },
+    )
+    use_peft: bool = field(
+        default=False,
+        metadata={"help": "Fine-tune LoRA adapters (peft) instead of all the weights."},
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scale numerator (alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Layer names to adapt. Default: c_attn c_proj c_fc for GPT-2, every linear "
+            "layer but the output (all-linear) for other architectures."
+        },
+    )
+    merge_adapters: bool = field(
+        default=True,
+        metadata={
+            "help": "Export LoRA merged into full weights (loads without peft); false: an "
+            "adapter folder for peft's AutoPeftModelForCausalLM."
+        },
     )
 
     def __post_init__(self) -> None:
+        for name in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "lora_r"):
+            if getattr(self, name) is not None:
+                _require_positive(self, name)
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise HfminiError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise HfminiError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.model_name_or_path is not None:
+            self._check_fine_tuning()
+            return
+        if self.use_peft:
+            raise HfminiError(
+                "use_peft adapts an existing model: add --model_name_or_path (a folder or Hub "
+                "id), or drop --use_peft to train from scratch"
+            )
+        # From scratch: the defaults the help names.
+        self.model_size = self.model_size or "micro"
+        self.vocab_size = self.vocab_size or 4096
+        self.dropout = 0.0 if self.dropout is None else self.dropout
         if self.model_size not in MODEL_PRESETS:
             raise HfminiError(
                 f"unknown model_size {self.model_size!r}: choose one of {', '.join(MODEL_PRESETS)}"
             )
-        for name in ("n_layer", "n_head", "n_embd", "n_positions"):
-            if getattr(self, name) is not None:
-                _require_positive(self, name)
         if self.tokenizer_name is None and self.vocab_size < MIN_VOCAB_SIZE:
             raise HfminiError(
                 f"vocab_size {self.vocab_size} is too small: a byte-level BPE needs at least "
@@ -166,12 +227,27 @@ class ModelArguments:
                 f"n_embd {n_embd} is not divisible by n_head {n_head}: pick n_embd as a "
                 f"multiple of n_head (e.g. {n_head * max(1, round(n_embd / n_head))})"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise HfminiError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def _check_fine_tuning(self) -> None:
+        """The shape, context and vocabulary are the model's own when starting from weights."""
+        if not str(self.model_name_or_path).strip():
+            raise HfminiError("model_name_or_path is empty: give a folder or a Hub id")
+        clashing = [name for name in FROM_SCRATCH_ONLY if getattr(self, name) is not None]
+        if clashing:
+            listed = ", ".join(clashing)
+            raise HfminiError(
+                f"{listed} shape a model built from scratch, but model_name_or_path "
+                f"{self.model_name_or_path} brings its own shape and vocabulary: drop {listed}, "
+                "or drop model_name_or_path to train from scratch"
+            )
+
+    @property
+    def from_scratch(self) -> bool:
+        return self.model_name_or_path is None
 
     def shape(self) -> tuple[int, int, int]:
-        """(n_layer, n_head, n_embd): the preset with any overrides applied."""
-        preset = MODEL_PRESETS[self.model_size]
+        """(n_layer, n_head, n_embd) of a model built from scratch: the preset with overrides."""
+        preset = MODEL_PRESETS[self.model_size or "micro"]
         return (
             self.n_layer or preset["n_layer"],
             self.n_head or preset["n_head"],
@@ -195,7 +271,13 @@ class TrainArguments:
     gradient_accumulation_steps: int = field(
         default=1, metadata={"help": "Micro-batches summed into one optimizer step."}
     )
-    learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate."})
+    learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak AdamW learning rate. Default: 1e-3 from scratch, 5e-5 full "
+            "fine-tuning, 2e-4 LoRA."
+        },
+    )
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW decay, on matrices only."})
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
@@ -269,11 +351,12 @@ class TrainArguments:
             "per_device_train_batch_size",
             "per_device_eval_batch_size",
             "gradient_accumulation_steps",
-            "learning_rate",
             "logging_steps",
             "sample_max_new_tokens",
         ):
             _require_positive(self, name)
+        if self.learning_rate is not None:
+            _require_positive(self, "learning_rate")
         for name in ("warmup_steps", "eval_steps", "save_steps", "weight_decay", "max_grad_norm"):
             if getattr(self, name) < 0:
                 raise HfminiError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -354,14 +437,24 @@ class Config:
 
     def __post_init__(self) -> None:
         """Checks that span two argument groups; run for a Config built in Python too."""
-        if self.data.block_size > self.context_length():
+        if self.train.learning_rate is None:
+            self.train.learning_rate = DEFAULT_LEARNING_RATES[self.training_kind()]
+        # Fine-tuning: the model's own context is checked against block_size once it is read.
+        if self.model.from_scratch and self.data.block_size > self.context_length():
             raise HfminiError(
                 f"block_size {self.data.block_size} is above the model's context n_positions "
                 f"{self.context_length()}: lower block_size or raise n_positions"
             )
 
     def context_length(self) -> int:
+        """The context of a model built from scratch."""
         return self.model.n_positions or self.data.block_size
+
+    def training_kind(self) -> str:
+        """scratch, full (fine-tuning every weight) or lora."""
+        if self.model.from_scratch:
+            return "scratch"
+        return "lora" if self.model.use_peft else "full"
 
     def tokens_per_step(self, num_processes: int) -> int:
         """Tokens per optimizer step over all processes and accumulation micro-batches."""
@@ -499,7 +592,7 @@ def reference_markdown() -> str:
         "it is current. Precedence: command line > YAML (`--config`) > these defaults.",
     ]
     for group in ARG_GROUPS:
-        lines += ["", f"## {group.__name__}", "", group.__doc__ or "", ""]
+        lines += ["", f"## {group.__name__}", "", " ".join((group.__doc__ or "").split()), ""]
         lines += ["| key | default | meaning |", "|---|---|---|"]
         for f in dataclasses.fields(group):
             default = (

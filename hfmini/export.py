@@ -2,6 +2,7 @@
 
 output_dir/
   config.json  model.safetensors  generation_config.json     ← save_pretrained
+  (LoRA with merge_adapters false: adapter_config.json  adapter_model.safetensors instead)
   tokenizer.json  tokenizer_config.json                      ← tokenizer.save_pretrained
   training_config.yaml  eval_results.json                    ← how it was made, what it scored
 
@@ -34,7 +35,7 @@ def generation_config_for(model, tokenizer):
         pad_token_id=tokenizer.pad_token_id,
         do_sample=True,
         **SAMPLING_DEFAULTS,
-        max_new_tokens=min(200, model.config.n_positions),
+        max_new_tokens=min(200, getattr(model.config, "max_position_embeddings", None) or 200),
     )
 
 
@@ -48,7 +49,8 @@ def save_model(
 ) -> Path:
     """Write the Hub layout into output_dir (weights as safetensors, never pickle).
 
-    `state_dict`: full weights gathered from a sharded model; default the model's own.
+    `state_dict`: full weights gathered from a sharded model; default the model's own. A peft
+    model saves its adapters only, with the base model's id or folder in adapter_config.json.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,6 @@ the last half-context of text, so arbitrarily long samples work at the cost of a
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import math
 import sys
@@ -28,90 +27,17 @@ logger = logging.getLogger(__name__)
 
 
 def load_model_and_tokenizer(model_dir: str | Path, device: str | None = None):
-    """Load from a folder (safetensors only, never remote code).
+    """Load a model folder for sampling (safetensors only, never remote code): an output_dir, a
+    checkpoint, any save_pretrained folder, or a LoRA adapter folder merged into its base.
 
-    The files are checked first (JSON parses, model_type is one transformers knows, safetensors
-    headers cover their files, the model's vocabulary holds the tokenizer's), so that a damaged or
+    The files are checked first (`hfmini.pretrained.check_model_folder`), so that a damaged or
     foreign folder is a one-line error rather than a traceback from deep inside transformers.
     """
-    from safetensors import SafetensorError, safe_open
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from hfmini.pretrained import load_for_inference
 
-    path = Path(model_dir)
-    if not (path / "config.json").is_file():
-        raise HfminiError(
-            f"{model_dir} holds no model (no config.json): point at a training output_dir"
-        )
-    weights = sorted(path.glob("*.safetensors"))
-    if not weights:
-        raise HfminiError(f"{model_dir} has no .safetensors weights: hfmini loads safetensors only")
-    config = _read_json(path / "config.json")
-    _check_model_type(path, config)
-    for file in weights:
-        try:
-            with safe_open(str(file), framework="pt"):
-                pass
-        except (SafetensorError, OSError) as err:
-            raise HfminiError(
-                f"{file} is truncated or damaged ({_first_line(err)}): copy or export the model "
-                "again"
-            ) from None
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        if (path / name).is_file():
-            _read_json(path / name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    except (OSError, ValueError, TypeError, KeyError) as err:
-        raise HfminiError(
-            f"could not load the tokenizer in {model_dir} ({_first_line(err)}): copy or export "
-            "the model again"
-        ) from None
-    vocab_size = config.get("vocab_size")
-    if isinstance(vocab_size, int) and vocab_size < len(tokenizer):
-        raise HfminiError(
-            f"{path / 'config.json'} has vocab_size {vocab_size} but the tokenizer has "
-            f"{len(tokenizer)} tokens: they do not belong together; use the tokenizer the model "
-            "was trained with (hfmini train exports both into one folder)"
-        )
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, use_safetensors=True, trust_remote_code=False
-        )
-    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
-        raise HfminiError(
-            f"could not load the model in {model_dir} ({_first_line(err)}): copy or export it again"
-        ) from None
+    model, tokenizer = load_for_inference(model_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-
-
-def _read_json(file: Path):
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
-        raise HfminiError(
-            f"{file} is not valid JSON ({_first_line(err)}): the folder is damaged; copy or export "
-            "the model again"
-        ) from None
-
-
-def _check_model_type(path: Path, config) -> None:
-    """transformers must know the architecture by itself: hfmini never runs a folder's code."""
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-
-    if not isinstance(config, dict):
-        raise HfminiError(f"{path / 'config.json'} is not a model configuration (a JSON object)")
-    model_type = config.get("model_type")
-    if model_type not in CONFIG_MAPPING_NAMES:
-        raise HfminiError(
-            f"{path} has model_type {model_type!r}, which transformers does not know: hfmini "
-            "never runs code shipped with a model (trust_remote_code), so it loads only the "
-            "architectures transformers has built in, such as gpt2"
-        )
 
 
 # A positive temperature below this samples like greedy decoding anyway, and a tiny one (1e-45)
@@ -267,7 +193,7 @@ def generate_text(
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     if seed is not None:
         torch.manual_seed(seed)
-    context = model.config.n_positions
+    context = model.config.max_position_embeddings
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
     ids = [tokenizer.bos_token_id] + ids  # GPT-2 style: documents start after <|endoftext|>
     window = max(1, context // 2)  # tokens of history kept when sliding past the context

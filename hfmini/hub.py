@@ -1,4 +1,5 @@
-"""Publishing to the Hugging Face Hub: checked before training, uploaded after.
+"""Publishing to the Hugging Face Hub: checked before training, uploaded after (or later, by
+`hfmini push` for a run trained offline).
 
 The token comes from `HF_TOKEN` or `hf auth login` through huggingface_hub itself; hfmini never
 reads it into a variable of its own, so it cannot end up in a file, a log or the model card.
@@ -8,20 +9,26 @@ Only the exported model folder is uploaded; optimizer checkpoints and tracker fi
 from __future__ import annotations
 
 import logging
+import shlex
 import tempfile
 from pathlib import Path
 
 from huggingface_hub import HfApi, get_token
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from hfmini.errors import HfminiError
 
 logger = logging.getLogger(__name__)
 
-# What `save_model` and `finish` write; checkpoints/, wandb/ and runs/ never leave the machine.
+# What `save_model` and `finish` write, and what peft's save_pretrained writes for an adapter
+# (adapter_config.json, adapter_model.safetensors, README.md); checkpoints/, wandb/ and runs/ never
+# leave the machine.
 UPLOAD_PATTERNS = [
     "config.json",
     "generation_config.json",
-    "*.safetensors",
+    "*.safetensors",  # model.safetensors, its shards, adapter_model.safetensors
+    "model.safetensors.index.json",  # the shard list, without which sharded weights do not load
+    "adapter_config.json",  # peft: the base model and the LoRA settings
     "tokenizer*.json",
     "special_tokens_map.json",
     "README.md",
@@ -32,12 +39,29 @@ UPLOAD_PATTERNS = [
 ]
 
 
-def check_hub_access(hub_model_id: str) -> str:
-    """Fail before training if pushing cannot work; returns the account name."""
+def check_hub_model_id(hub_model_id: str) -> None:
+    """Fail on an id the Hub would refuse, before training or uploading anything."""
+    try:
+        validate_repo_id(hub_model_id)
+    except HFValidationError:
+        raise HfminiError(
+            f"hub_model_id {hub_model_id!r} is not a valid Hub repo id: write user/name (e.g. "
+            "alice/tiny-shakespeare) with letters, digits, '-', '_' and '.', at most 96 "
+            "characters, no '--' or '..', not starting or ending with '-' or '.'"
+        ) from None
+
+
+def check_hub_access(hub_model_id: str, alternative: str | None = "drop --push_to_hub") -> str:
+    """Fail before training (or uploading) if pushing cannot work; returns the account name.
+
+    `alternative`: what else the user may do, ending each message; None for nothing.
+    """
+    check_hub_model_id(hub_model_id)
+    otherwise = f", or {alternative}" if alternative else ""
     if get_token() is None:
         raise HfminiError(
-            "push_to_hub needs a Hugging Face token: set HF_TOKEN or run `hf auth login`, "
-            "or drop --push_to_hub"
+            f"pushing {hub_model_id} needs a Hugging Face token: set HF_TOKEN or run "
+            f"`hf auth login`{otherwise}"
         )
     try:
         user = HfApi().whoami()
@@ -45,22 +69,61 @@ def check_hub_access(hub_model_id: str) -> str:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise HfminiError(
             f"cannot reach the Hugging Face Hub to push {hub_model_id} ({reason}): check the "
-            "network and the token (HF_HUB_OFFLINE must be unset), or drop --push_to_hub"
+            f"network and the token (HF_HUB_OFFLINE must be unset){otherwise}"
         ) from None
     return user.get("name", "?")
 
 
-def push_folder(folder: str | Path, hub_model_id: str, private: bool, message: str) -> str:
-    """Create the repo if needed and upload the model files of `folder`; returns the commit URL."""
-    api = HfApi()
-    api.create_repo(hub_model_id, private=private, exist_ok=True, repo_type="model")
-    commit = api.upload_folder(
-        repo_id=hub_model_id,
-        folder_path=str(folder),
-        allow_patterns=UPLOAD_PATTERNS,
-        ignore_patterns=["*/*"],  # top-level files only: never checkpoints/, wandb/, logs
-        commit_message=message,
+def check_finished_folder(folder: str | Path) -> None:
+    """Fail unless `folder` holds a finished model: full weights (config.json with complete
+    model*.safetensors) or a peft adapter (adapter_config.json with complete weights)."""
+    from hfmini.checkpoint import holds_finished_model, list_checkpoints
+
+    out = Path(folder)
+    if not out.exists():
+        raise HfminiError(f"{out} does not exist: pass the output_dir of a finished training run")
+    if not out.is_dir():
+        raise HfminiError(f"{out} is not a folder: pass the output_dir of a finished training run")
+    if holds_finished_model(out):
+        return
+    if list_checkpoints(out):
+        raise HfminiError(
+            f"{out} holds checkpoints but no final model: the run has not finished; finish it "
+            "by running its `hfmini train` command again with --resume_from_checkpoint latest, "
+            "then push"
+        )
+    raise HfminiError(
+        f"{out} holds no finished model (config.json with complete model*.safetensors, or "
+        "adapter_config.json with a complete adapter_model.safetensors): pass the output_dir of "
+        "a finished training run"
     )
+
+
+def push_folder(
+    folder: str | Path, hub_model_id: str, private: bool, message: str, kept: bool = True
+) -> str:
+    """Create the repo if needed and upload the model files of `folder`; returns the commit URL.
+
+    `kept`: `folder` outlives the call, so a failure may suggest `hfmini push` on it later.
+    """
+    api = HfApi()
+    try:
+        api.create_repo(hub_model_id, private=private, exist_ok=True, repo_type="model")
+        commit = api.upload_folder(
+            repo_id=hub_model_id,
+            folder_path=str(folder),
+            allow_patterns=UPLOAD_PATTERNS,
+            ignore_patterns=["*/*"],  # top-level files only: never checkpoints/, wandb/, logs
+            commit_message=message,
+        )
+    except Exception as err:  # HTTP 403 (another's namespace), 401, the network: all "cannot push"
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        hint = "check the network and that the token may write to that repo"
+        if kept:
+            command = ["hfmini", "push", str(folder), "--hub_model_id", hub_model_id]
+            command += ["--private"] if private else []
+            hint += f", then retry with `{shlex.join(command)}`"
+        raise HfminiError(f"could not push {folder} to {hub_model_id} ({reason}): {hint}") from None
     url = getattr(commit, "commit_url", str(commit))
     logger.info("pushed %s to the Hub: %s", folder, url)
     return url
@@ -72,4 +135,4 @@ def push_snapshot(model, tokenizer, hub_model_id: str, private: bool, step: int)
 
     with tempfile.TemporaryDirectory(prefix="hfmini-push-") as folder:
         save_model(model, tokenizer, folder)
-        return push_folder(folder, hub_model_id, private, f"hfmini: step {step}")
+        return push_folder(folder, hub_model_id, private, f"hfmini: step {step}", kept=False)

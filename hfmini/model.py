@@ -1,6 +1,9 @@
-"""A GPT-2 sized down from a preset, built from scratch with transformers' GPT2LMHeadModel."""
+"""A GPT-2 sized down from a preset, built from scratch with transformers' GPT2LMHeadModel; and
+the parameter and FLOP counts of any causal LM a run trains (from scratch, fine-tuned or LoRA)."""
 
 from __future__ import annotations
+
+import torch
 
 
 def build_model_config(model_args, tokenizer, context_length: int):
@@ -18,9 +21,9 @@ def build_model_config(model_args, tokenizer, context_length: int):
         # The same tanh-approximated GELU as GPT-2's "gelu_new", as one fused PyTorch kernel
         # instead of five elementwise ops (~10% of a CPU training step at this size).
         activation_function="gelu_pytorch_tanh",
-        resid_pdrop=model_args.dropout,
-        embd_pdrop=model_args.dropout,
-        attn_pdrop=model_args.dropout,
+        resid_pdrop=model_args.dropout or 0.0,
+        embd_pdrop=model_args.dropout or 0.0,
+        attn_pdrop=model_args.dropout or 0.0,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -43,9 +46,9 @@ def build_model(model_args, tokenizer, context_length: int, attn_implementation:
     return model
 
 
-def count_parameters(model) -> int:
-    """Unique trainable parameters (the tied embedding counted once)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+def count_parameters(model, trainable_only: bool = True) -> int:
+    """Unique parameters (a tied embedding counted once), the trainable ones by default."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def enable_gradient_checkpointing(model) -> None:
@@ -58,11 +61,24 @@ def enable_gradient_checkpointing(model) -> None:
 
 
 def flops_per_token(model, sequence_length: int) -> float:
-    """Training FLOPs per token, 6N + 12·L·T·d (PaLM appendix B; nanoGPT's estimate_mfu), with T
-    the trained sequence length (block_size), which can be shorter than the model's context.
+    """Training FLOPs per token: 2N forward + 2N backward to the activations + 2N_trainable for
+    the weight gradients + 12·L·T·d for attention (PaLM appendix B; nanoGPT's estimate_mfu).
+    From scratch every weight trains and this is the familiar 6N + 12·L·T·d; with LoRA the weight
+    gradients are only the adapters'. T is the trained sequence length (block_size), which can be
+    shorter than the model's context.
 
-    N excludes the position embeddings, which are looked up, not multiplied.
+    N counts the weights that multiply: embedding tables are looked up, not multiplied, unless the
+    table doubles as the output layer (GPT-2's tied wte).
     """
     config = model.config
-    n_params = count_parameters(model) - model.transformer.wpe.weight.numel()
-    return 6 * n_params + 12 * config.n_layer * sequence_length * config.n_embd
+    output = model.get_output_embeddings().weight
+    looked_up = {
+        id(module.weight)
+        for module in model.modules()
+        if isinstance(module, torch.nn.Embedding) and module.weight is not output
+    }
+    multiplying = [p for p in model.parameters() if id(p) not in looked_up]
+    n_all = sum(p.numel() for p in multiplying)
+    n_trainable = sum(p.numel() for p in multiplying if p.requires_grad)
+    attention = 12 * config.num_hidden_layers * sequence_length * config.hidden_size
+    return 4 * n_all + 2 * n_trainable + attention

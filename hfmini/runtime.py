@@ -117,8 +117,22 @@ def configure_logging(accelerator) -> None:
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     # transformers warns about attention masks on unpadded packed blocks; nothing to act on.
     transformers.utils.logging.set_verbosity_error()
+    # Its per-file "Loading weights" and "Writing model shards" bars; hfmini logs a line instead.
+    transformers.utils.logging.disable_progress_bar()
     if not accelerator.is_main_process:
         datasets.utils.logging.disable_progress_bar()
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """The most memory the run has held: allocated tensors on a GPU; on a CPU the process's peak
+    resident size (Linux and macOS), which also counts Python, torch and the data."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
 def without_compile(model):

@@ -12,6 +12,7 @@ size, so a second run on the same data skips it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from pathlib import Path
 
 from hfmini.config import hfmini_cache_dir
 from hfmini.errors import HfminiError, cache_full, disk_full
+
+logger = logging.getLogger("hfmini")
 
 EOS_TOKEN = "<|endoftext|>"
 
@@ -65,24 +68,33 @@ def get_tokenizer(
     train_dataset=None,
     text_column: str = "text",
     vocab_size: int = 4096,
-    model_max_length: int = 1024,
+    model_max_length: int | None = 1024,
 ):
-    """Load `tokenizer_name`, or train (or reuse the cached) BPE on `train_dataset[text_column]`."""
+    """Load `tokenizer_name`, or train (or reuse the cached) BPE on `train_dataset[text_column]`.
+    `model_max_length` None keeps a loaded tokenizer's own."""
     from transformers import AutoTokenizer
 
     if tokenizer_name is not None:
         try:
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_name, trust_remote_code=False)
         except (OSError, ValueError) as err:
             raise HfminiError(
                 f"could not load tokenizer {tokenizer_name!r} ({str(err).splitlines()[0]}): "
-                "point tokenizer_name at a folder holding tokenizer.json, or unset it to train one"
+                "point tokenizer_name at a folder holding tokenizer.json (or a Hub id), or unset "
+                "it to use the model's own"
             ) from None
         if tokenizer.eos_token is None:
             raise HfminiError(f"tokenizer {tokenizer_name!r} has no eos token: pick another")
         if tokenizer.pad_token is None:
+            # GPT-2's has none. Packed blocks never pad; generation and batching need an id.
             tokenizer.pad_token = tokenizer.eos_token
-        tokenizer.model_max_length = model_max_length
+            logger.info(
+                "tokenizer %s has no pad token: using its eos token %r as pad",
+                tokenizer_name,
+                tokenizer.eos_token,
+            )
+        if model_max_length is not None:
+            tokenizer.model_max_length = model_max_length
         return tokenizer
 
     cache = _cache_dir(train_dataset._fingerprint, vocab_size)
@@ -114,12 +126,14 @@ def get_tokenizer(
 
 def tokenizer_for_run(model_args, train_chunks, context_length: int, resume_path: Path | None):
     """The tokenizer of a training run: the resumed checkpoint's own (a given `tokenizer_name`
-    must match it), else `tokenizer_name`, else a BPE trained on the train chunks only."""
+    must match it), else `tokenizer_name`, else model_name_or_path's own, else a BPE trained on
+    the train chunks only."""
+    if model_args.model_name_or_path is not None:
+        context_length = None  # the fine-tuned model's tokenizer knows its context
     if resume_path is None:
-        return get_tokenizer(
-            model_args.tokenizer_name, train_chunks, "text", model_args.vocab_size, context_length
-        )
-    saved = get_tokenizer(str(resume_path / "tokenizer"), model_max_length=context_length)
+        name = model_args.tokenizer_name or model_args.model_name_or_path
+        return get_tokenizer(name, train_chunks, "text", model_args.vocab_size, context_length)
+    saved = get_tokenizer(str(saved_tokenizer_dir(resume_path)), model_max_length=context_length)
     if model_args.tokenizer_name:
         given = get_tokenizer(model_args.tokenizer_name, model_max_length=context_length)
         if given.get_vocab() != saved.get_vocab():
@@ -129,6 +143,11 @@ def tokenizer_for_run(model_args, train_chunks, context_length: int, resume_path
                 "when resuming"
             )
     return saved
+
+
+def saved_tokenizer_dir(checkpoint: Path) -> Path:
+    """A checkpoint keeps its tokenizer beside the weights (older ones: in tokenizer/)."""
+    return checkpoint if (checkpoint / "tokenizer.json").is_file() else checkpoint / "tokenizer"
 
 
 def token_byte_lengths(tokenizer) -> list[int]:

@@ -130,18 +130,31 @@ def start_trackers(accelerator, config) -> None:
     )
 
 
-def log_run_start(
-    config, accelerator, data, vocabulary: int, n_params: int, total_steps: int
-) -> None:
+def log_run_start(config, accelerator, data, model, total_steps: int) -> None:
     """The three lines that describe a run before its first step: model, data, batch."""
+    from hfmini.model import count_parameters
+
     tokens_per_step = config.tokens_per_step(accelerator.num_processes)
+    plain = accelerator.unwrap_model(model, keep_torch_compile=False)
+    shape = plain.config
+    total = count_parameters(plain, trainable_only=False)
+    trainable = count_parameters(plain)
+    origin = (
+        f"GPT-2 {config.model.model_size} from scratch"
+        if config.model.from_scratch
+        else f"{shape.model_type} from {config.model.model_name_or_path}"
+    )
     logger.info(
-        "model: GPT-2 %s, %d layers, %d heads, %d wide, context %d, vocabulary %d: %.2fM parameters",
-        config.model.model_size,
-        *config.model.shape(),
-        config.context_length(),
-        vocabulary,
-        n_params / 1e6,
+        "model: %s, %d layers, %d heads, %d wide, context %d, vocabulary %d: %.2fM parameters, "
+        "%s trainable",
+        origin,
+        shape.num_hidden_layers,
+        shape.num_attention_heads,
+        shape.hidden_size,
+        getattr(shape, "max_position_embeddings", 0),
+        shape.vocab_size,
+        total / 1e6,
+        "all" if trainable == total else f"{trainable / 1e6:.2f}M ({100 * trainable / total:.2f}%)",
     )
     train_tokens = data.train_tokens.numel()
     logger.info(

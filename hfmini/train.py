@@ -89,6 +89,8 @@ class Run:
     peak_flops: float
     state: TrainState
     window: LogWindow
+    base_model: str | None = None  # the Hub id fine-tuned from, for the model card
+    train_seconds: float = 0.0  # in the training loop, this process (not validation at the end)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,16 +101,23 @@ def setup(config: Config) -> Run:
     """Check, load data, build tokenizer/model/optimizer, prepare with Accelerate, maybe resume."""
     from accelerate.utils import set_seed
 
+    from hfmini.checkpoint import save_weights_as_model
     from hfmini.data import BlockDataset, prepare_data
     from hfmini.ema import weight_average_for
     from hfmini.model import (
         build_model,
-        count_parameters,
         enable_gradient_checkpointing,
         flops_per_token,
     )
     from hfmini.optim import build_optimizer, build_scheduler
-    from hfmini.runtime import attention_for, configure_logging, make_accelerator, use_all_cpu_cores
+    from hfmini.pretrained import check_block_size, fit_to_tokenizer, load_model, resolve
+    from hfmini.runtime import (
+        attention_for,
+        configure_logging,
+        is_sharded,
+        make_accelerator,
+        use_all_cpu_cores,
+    )
     from hfmini.throughput import peak_flops
     from hfmini.tokenizer import token_byte_lengths
     from hfmini.tracking import RunLogger, log_run_start, start_trackers, truncate_metrics_after
@@ -121,6 +130,10 @@ def setup(config: Config) -> Run:
         saved_state = TrainState.from_json((resume_path / STATE_FILE).read_text())
         check_resume_settings(saved_state, config)
     check_cache_writable()
+    source = None
+    if config.model.model_name_or_path is not None:
+        source = resolve(config.model.model_name_or_path)
+        check_block_size(source, config.data.block_size)
     if args.push_to_hub:
         from hfmini.hub import check_hub_access
 
@@ -141,15 +154,23 @@ def setup(config: Config) -> Run:
     check_resume_data(saved_state, fingerprint)
 
     precision = accelerator.mixed_precision
-    model = build_model(
-        config.model,
-        tokenizer,
-        config.context_length(),
-        attn_implementation=attention_for(accelerator.device, precision),
-    )
+    attention = attention_for(accelerator.device, precision)
+    if source is None:
+        model = build_model(config.model, tokenizer, config.context_length(), attention)
+    else:
+        model = load_model(source, config.model.dropout, attention)
+        fit_to_tokenizer(model, tokenizer, config.model.use_peft)
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    n_params = count_parameters(model)
+    if config.model.use_peft:
+        from hfmini.lora import add_lora
+
+        if is_sharded(accelerator):
+            raise HfminiError(
+                "use_peft is not supported with FSDP or DeepSpeed yet: train LoRA with DDP (its "
+                "optimizer state is small), or drop --use_peft"
+            )
+        model = add_lora(model, config.model, args.gradient_checkpointing)
     per_token = flops_per_token(model, data.block_size)
     optimizer = build_optimizer(model, args)
     loader = torch.utils.data.DataLoader(
@@ -170,6 +191,7 @@ def setup(config: Config) -> Run:
         clear_previous_run(output_dir)  # only now that the data, model and batch are known good
     accelerator.wait_for_everyone()
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    save_weights_as_model(accelerator, tokenizer)
     total_steps = config.total_train_steps(len(loader))
     # Not prepared: accelerate would step a prepared scheduler once per process.
     scheduler = build_scheduler(optimizer, args, total_steps)
@@ -203,9 +225,10 @@ def setup(config: Config) -> Run:
             first_bad_step=torch.tensor(-1, device=device),
             micro_batches=state.batches_since_log,
         ),
+        base_model=source.hub_id if source is not None else None,
     )
     start_trackers(accelerator, config)
-    log_run_start(config, accelerator, data, len(tokenizer), n_params, total_steps)
+    log_run_start(config, accelerator, data, run.model, total_steps)
     return run
 
 
@@ -226,7 +249,7 @@ def train(run: Run, stop: StopRequest) -> bool:
         desc="training",
         dynamic_ncols=True,
     )
-    run.window.started = time.perf_counter()
+    run.window.started = started = time.perf_counter()
     try:  # close the bar first, so an error message is the last line the user sees
         while state.step < run.total_steps:
             run.train_loader.set_epoch(state.epoch)
@@ -249,6 +272,20 @@ def train(run: Run, stop: StopRequest) -> bool:
                 state.batches_in_epoch = 0
     finally:
         progress.close()
+        run.train_seconds += time.perf_counter() - started
+    return True
+
+
+def score_start(run: Run, stop: StopRequest) -> bool:
+    """Fine-tuning: score the starting model on the whole validation split as step 0, so that
+    the run ends on "bits per byte X → Y". Returns False if a signal cut it short."""
+    if run.config.model.from_scratch or run.state.step > 0:
+        return True
+    validated = validate(run, stop, final=False)
+    if validated is None:
+        logger.info("stopped before the first step: nothing was trained, nothing to resume")
+        return False
+    run.state.start_metrics = validated[0]
     return True
 
 
@@ -392,7 +429,8 @@ def validate(run: Run, stop: StopRequest, final: bool) -> tuple[dict, list] | No
         args.per_device_eval_batch_size,
         run.token_bytes,
         acc,
-        max_blocks=None if final else run.config.data.max_eval_samples,
+        # The start of a fine-tuning run (step 0) is scored in full, as the end is.
+        max_blocks=None if final or run.state.step == 0 else run.config.data.max_eval_samples,
         should_stop=lambda: stop_agreed(run, stop),  # multi-process: an all-reduce per batch
     )
     if metrics is None:
@@ -450,6 +488,7 @@ def save(run: Run) -> Path:
         run.tokenizer,
         args.save_total_limit,
         run.ema,
+        run.config.to_dict(),
     )
     logger.info("checkpoint saved: %s", path)
     if args.push_to_hub and args.hub_strategy == "every_save" and run.accelerator.is_main_process:
@@ -469,7 +508,8 @@ def finish(run: Run, stop: StopRequest) -> dict:
 
     from hfmini.card import write_model_card
     from hfmini.export import atomic_export, save_model
-    from hfmini.runtime import without_compile
+    from hfmini.model import count_parameters
+    from hfmini.runtime import peak_memory_bytes, without_compile
 
     trained = None
     if run.ema is not None:
@@ -489,17 +529,26 @@ def finish(run: Run, stop: StopRequest) -> dict:
         return {}
     metrics, samples = validated
     acc, args = run.accelerator, run.config.train
+    lora = run.config.model.use_peft
     # Gathers the full weights on every process when sharded (FSDP/DeepSpeed); a no-op copy else.
     # Without torch.compile's wrapper, whose keys would all start with "_orig_mod." and load as
-    # missing weights in from_pretrained.
-    state_dict = acc.get_state_dict(without_compile(run.model))
+    # missing weights in from_pretrained. (LoRA runs are never sharded.)
+    state_dict = None if lora else acc.get_state_dict(without_compile(run.model))
+    start = {f"start_{k}": v for k, v in run.state.start_metrics.items()}
     if acc.is_main_process:
         model = acc.unwrap_model(run.model, keep_torch_compile=False)
+        trainable = count_parameters(model)
+        if lora and run.config.model.merge_adapters:
+            model = model.merge_and_unload()  # B A folded into W: a plain model, no peft needed
         results = {
             **metrics,
+            **start,
             "step": run.state.step,
             "tokens_seen": run.state.tokens_seen,
-            "parameters": sum(p.numel() for p in model.parameters()),
+            "parameters": count_parameters(model, trainable_only=False),
+            "trainable_parameters": trainable,
+            "train_runtime": run.train_seconds,
+            "peak_memory_bytes": peak_memory_bytes(acc.device),
         }
         out = args.output_dir
         with atomic_export(out) as folder:
@@ -507,14 +556,14 @@ def finish(run: Run, stop: StopRequest) -> dict:
             save_model(model, run.tokenizer, folder, config_dict, results, state_dict=state_dict)
             hf_evaluate.save(str(folder), **results, config=config_dict)
             card = (run.config, results, samples, acc.num_processes, model.config)
-            write_model_card(folder, *card, acc.mixed_precision)
+            write_model_card(folder, *card, acc.mixed_precision, run.base_model)
         logger.info("model saved to %s", out)
         if args.push_to_hub:
             from hfmini.hub import push_folder
 
             push_folder(out, args.hub_model_id, args.hub_private_repo, "hfmini: final model")
     acc.wait_for_everyone()
-    return metrics
+    return {**metrics, **start}
 
 
 def run_training(config: Config) -> dict:
@@ -526,7 +575,7 @@ def run_training(config: Config) -> dict:
     with StopRequest() as stop, OutputDirLock(config.train.output_dir, main_process):
         run = setup(config)
         try:
-            completed = train(run, stop)
+            completed = score_start(run, stop) and train(run, stop)
             metrics = finish(run, stop) if completed else {}
         finally:
             run.accelerator.end_training()
@@ -547,10 +596,12 @@ def main(argv: list[str] | None = None) -> int:
         print("aborted", file=sys.stderr)
         return 130
     if metrics:
+        before = metrics.get("start_bits_per_byte")
         logger.info(
-            "done in %.1f min: validation loss %.4f, bits per byte %.4f",
+            "done in %.1f min: validation loss %.4f, bits per byte %s%.4f",
             (time.perf_counter() - started) / 60,
             metrics["eval_loss"],
+            f"{before:.4f} → " if before is not None else "",
             metrics["bits_per_byte"],
         )
     return 0

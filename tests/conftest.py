@@ -22,6 +22,7 @@ os.environ.pop("HF_DATASETS_CACHE", None)
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_RECIPE = REPO / "recipes" / "tiny" / "config.yaml"
+TINY_FINETUNE = REPO / "recipes" / "tiny" / "finetune.yaml"
 TRAIN_SCRIPT = REPO / "recipes" / "train.py"
 BIN = Path(sys.executable).parent
 
@@ -40,12 +41,24 @@ def fresh_accelerate_state():
     reset_accelerate()
 
 
-def tiny_run_args(output_dir: Path, max_steps: int = 4, *overrides: str) -> list[str]:
+def tiny_run_args(
+    output_dir: Path, max_steps: int = 4, *overrides: str, finetune_from: Path | None = None
+) -> list[str]:
     """The tiny recipe for a few steps into `output_dir`, with no evaluation before the final one
-    and 4-token samples; `overrides` (`--key`, `value`, ...) come last and win."""
+    and 4-token samples; `overrides` (`--key`, `value`, ...) come last and win.
+
+    `finetune_from`: the tiny fine-tuning recipe from that model instead. A fine-tuned model
+    brings its own vocabulary, so a `--vocab_size` override (as in `small_data`) is dropped.
+    """
+    start = ["--config", str(TINY_RECIPE)]
+    if finetune_from is not None:
+        start = ["--config", str(TINY_FINETUNE), "--model_name_or_path", str(finetune_from)]
+        at = [i for i, arg in enumerate(overrides) if arg == "--vocab_size"]
+        overrides = tuple(
+            a for i, a in enumerate(overrides) if not any(i in (j, j + 1) for j in at)
+        )
     return [
-        "--config",
-        str(TINY_RECIPE),
+        *start,
         "--output_dir",
         str(output_dir),
         "--max_steps",
@@ -84,6 +97,18 @@ def tiny_args(tmp_path):
         "--sample_max_new_tokens",
         "8",
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A model to fine-tune: the tiny recipe trained for a few steps, exported once per session."""
+    from hfmini.config import parse_config
+    from hfmini.train import run_training
+
+    out = tmp_path_factory.mktemp("base") / "tiny"
+    run_training(parse_config(tiny_run_args(out, 6)))
+    reset_accelerate()
+    return out
 
 
 def write_lines(path: Path, n_lines: int, seed: int = 0) -> Path:

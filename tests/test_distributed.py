@@ -36,11 +36,20 @@ def max_diff(a, b):
 
 
 @pytest.mark.slow
-def test_torchrun_two_cpu_processes_form_one_data_parallel_job(tmp_path):
+@pytest.mark.parametrize("kind", ["scratch", "lora"])
+def test_torchrun_two_cpu_processes_form_one_data_parallel_job(tmp_path, kind, tiny_base):
     """2 processes × 4 blocks must equal 1 process × 8 blocks: each rank gets different blocks
     and gradients are averaged. Independent copies (the Accelerator(cpu=False) bug) would each
-    train on 4 blocks and differ. In fp32: bf16 rounds differently when the batch is split."""
+    train on 4 blocks and differ. In fp32: bf16 rounds differently when the batch is split.
+    LoRA: the adapters of a fine-tuned base (without dropout, whose draws differ per rank)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def common(output_dir, *overrides):
+        if kind == "scratch":
+            return tiny_run_args(output_dir, 8, "--logging_steps", "2", *overrides)
+        lora = ("--logging_steps", "2", "--use_peft", "true", "--lora_dropout", "0")
+        return tiny_run_args(output_dir, 8, *lora, *overrides, finetune_from=tiny_base)
+
     two = subprocess.run(
         [
             str(BIN / "torchrun"),

@@ -267,9 +267,16 @@ def test_evaluation_asks_every_process_to_stop_equally_often():
 
 @pytest.mark.slow
 @linux_only
-def test_sigterm_to_the_launcher_checkpoints_and_resume_completes(launch, tmp_path):
+@pytest.mark.parametrize("kind", ["scratch", "lora"])
+def test_sigterm_to_the_launcher_checkpoints_and_resume_completes(
+    launch, tmp_path, kind, tiny_base
+):
     out = tmp_path / "out"
-    args = tiny_run_args(out, 40, "--logging_steps", "1")
+    if kind == "scratch":
+        args = tiny_run_args(out, 40, "--logging_steps", "1")
+    else:
+        lora = ("--logging_steps", "1", "--use_peft", "true")
+        args = tiny_run_args(out, 40, *lora, finetune_from=tiny_base)
     launcher, log = launch(*args)
     wait_for(lambda: max(trained_steps(out), default=0) >= 5, 180, "step 5")
     trainer, signalled = terminate_launcher(launcher)

@@ -36,10 +36,12 @@ def max_weight_diff(a, b):
 
 
 @pytest.fixture
-def small_data_args(small_data):
-    """Short epochs (8 batches) so that runs cross epochs and checkpoints fall mid-epoch."""
+def small_data_args(small_data, tiny_base):
+    """Short epochs (8 batches) so that runs cross epochs and checkpoints fall mid-epoch.
+    `kind` lora: LoRA fine-tuning of the tiny base model instead of training from scratch."""
 
-    def make(out, *extra):
+    def make(out, *extra, kind="scratch"):
+        lora = kind == "lora"
         return tiny_run_args(
             out,
             10,
@@ -52,18 +54,23 @@ def small_data_args(small_data):
             "1",
             "--warmup_steps",
             "2",
+            # The base's tokenizer cuts this text into more tokens: longer blocks keep epochs short.
+            *(("--use_peft", "true", "--block_size", "64") if lora else ()),
             *extra,
+            finetune_from=tiny_base if lora else None,
         )
 
     return make
 
 
-@pytest.mark.parametrize("dropout", ["0.0", "0.1"])
-def test_resume_mid_epoch_with_accumulation_is_exact(small_data_args, tmp_path, dropout):
-    """With dropout too: its random draws after a resume must be those of the uninterrupted run."""
+@pytest.mark.parametrize("kind, dropout", [("scratch", "0.0"), ("scratch", "0.1"), ("lora", "0.1")])
+def test_resume_mid_epoch_with_accumulation_is_exact(small_data_args, tmp_path, kind, dropout):
+    """With dropout too: its random draws after a resume must be those of the uninterrupted run.
+    LoRA: the checkpoint holds the adapters only; the frozen base comes from model_name_or_path."""
     full, saved, resumed = tmp_path / "full", tmp_path / "saved", tmp_path / "resumed"
-    run_training(parse_config(small_data_args(full, "--dropout", dropout)))
-    run_training(parse_config(small_data_args(saved, "--dropout", dropout, "--save_steps", "4")))
+    run_training(parse_config(small_data_args(full, "--dropout", dropout, kind=kind)))
+    args = small_data_args(saved, "--dropout", dropout, "--save_steps", "4", kind=kind)
+    run_training(parse_config(args))
     steps = [p.name for p in list_checkpoints(saved)]
     assert steps == ["step-4", "step-8"]
     state = TrainState.from_json(
@@ -78,7 +85,7 @@ def test_resume_mid_epoch_with_accumulation_is_exact(small_data_args, tmp_path, 
     later = [r for r in rows if json.loads(r)["step"] > 4][:2]  # a kill leaves a few extra rows
     (resumed / "metrics.jsonl").write_text("\n".join(kept + later) + "\n")
     resume = ("--dropout", dropout, "--resume_from_checkpoint", "latest")
-    run_training(parse_config(small_data_args(resumed, *resume)))
+    run_training(parse_config(small_data_args(resumed, *resume, kind=kind)))
     assert losses(resumed) == pytest.approx(losses(full), rel=1e-5)
     assert sorted(losses(resumed)) == list(range(1, 11))  # each step logged once
     assert max_weight_diff(full, resumed) < 1e-5
@@ -116,13 +123,18 @@ def test_existing_checkpoints_need_resume_or_overwrite(small_data_args, tmp_path
     assert (out / "checkpoints" / "step-3" / "trainer_state.json").read_text() == "{}"
 
 
-def test_resume_restores_the_weight_average(small_data_args, tmp_path):
+@pytest.mark.parametrize("kind", ["scratch", "lora"])
+def test_resume_restores_the_weight_average(small_data_args, tmp_path, kind):
+    """With LoRA the average covers the adapters, the weights that train."""
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    run_training(parse_config(small_data_args(full, "--ema_decay", "0.8", "--save_steps", "4")))
+    args = small_data_args(full, "--ema_decay", "0.8", "--save_steps", "4", kind=kind)
+    run_training(parse_config(args))
     assert (full / "checkpoints" / "step-4" / "ema.safetensors").is_file()
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copytree(full / "checkpoints" / "step-4", resumed / "checkpoints" / "step-4")
-    args = small_data_args(resumed, "--ema_decay", "0.8", "--resume_from_checkpoint", "latest")
+    args = small_data_args(
+        resumed, "--ema_decay", "0.8", "--resume_from_checkpoint", "latest", kind=kind
+    )
     run_training(parse_config(args))
     # The export is the average over all 10 steps, so a restarted average would differ.
     assert max_weight_diff(full, resumed) < 1e-5

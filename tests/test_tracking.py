@@ -135,7 +135,8 @@ def test_model_card(tracked_run):
     assert set(results) == {"loss", "perplexity", "bits_per_byte"}
     for text in (
         "| layers | 2 |",
-        "| width (n_embd) | 64 |",
+        "| width | 64 |",
+        "| architecture | gpt2 |",
         "| vocabulary | 512",
         "![Training and validation loss](loss_curve.png)",
         'pipeline("text-generation"',
