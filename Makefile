@@ -8,7 +8,7 @@ RECIPE ?= recipes/shakespeare/config.yaml
 # Tests and the default run never reach the Hub or W&B servers.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: install train test test-slow bench docs lint format clean
+.PHONY: install train play-groups test test-slow bench docs lint format clean
 
 $(BIN)/hfmini: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,22 @@ install: $(BIN)/hfmini
 train: install
 	$(BIN)/accelerate launch -q --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		recipes/train.py --config $(RECIPE) $(ARGS)
+
+# Fine-tuning, shown: a base model on every group of plays but the comedies, then the comedies
+# from scratch, by full fine-tuning and by LoRA at equal compute (recipes/play-groups/). A run
+# whose model exists is not repeated.
+GROUPS := output/play-groups
+play-groups: install
+	$(BIN)/python -m hfmini.shakespeare --groups histories tragedies roman romances problems \
+		--validation julius-caesar the-tempest --output_dir $(GROUPS)/base-data
+	$(BIN)/python -m hfmini.shakespeare --groups comedies \
+		--validation twelfth-night much-ado-about-nothing --output_dir $(GROUPS)/comedies
+	for run in base scratch full lora; do \
+		test -f $(GROUPS)/$$run/model.safetensors || $(OFFLINE) $(BIN)/accelerate launch -q \
+			--num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+			recipes/train.py --config recipes/play-groups/$$run.yaml $(ARGS) || exit 1; \
+	done
+	$(BIN)/python recipes/play-groups/compare.py $(GROUPS)
 
 test: install
 	$(OFFLINE) $(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -7,26 +7,41 @@
    the same GPT2LMHeadModel, batch and sequence length; and MFU against the peak matmul FLOP/s
    measured in the same run. The two loops alternate in rounds, so load on a shared machine hits
    both alike; the ratio of medians is reported.
-2. Generation: new tokens/s of hfmini's KV-cache decoding vs. recomputing the whole context for
+2. Fine-tuning: LoRA (`--use_peft true`, default settings) vs. full fine-tuning of a `mini`
+   GPT-2 (random weights saved as a model folder, the recipe's tokenizer, batch and block size):
+   tokens/s of hfmini's step, alternating rounds as above; peak memory of each in its own
+   subprocess (CUDA: max allocated; CPU: peak RSS of the process); and the bytes of training state
+   that scale with the trainable weights (gradients, AdamW's two moments, the EMA if the recipe
+   keeps one), read from the tensors.
+3. Generation: new tokens/s of hfmini's KV-cache decoding vs. recomputing the whole context for
    each new token, at 256 new tokens; transformers' `generate` on the same model for reference.
-3. Data: tokenizer training MB/s, tokenize-and-pack MB/s, and a second (cached) data preparation.
+4. Data: tokenizer training MB/s, tokenize-and-pack MB/s, and a second (cached) data preparation.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:
+    from hfmini.train import Run
+
 REPO_RECIPE = "recipes/shakespeare/config.yaml"
+# Long enough that torch_compile auto decides as for a real run, as in bench_training.
+LONG_RUN_STEPS = "100000"
 
 
 def _timed_rounds(variants: dict, rounds: int, steps_per_round: int, tokens_per_step: int) -> dict:
@@ -34,11 +49,40 @@ def _timed_rounds(variants: dict, rounds: int, steps_per_round: int, tokens_per_
     rates: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, step in variants.items():
+            _synchronize()
             start = time.perf_counter()
             for _ in range(steps_per_round):
                 step()
+            _synchronize()
             rates[name].append(steps_per_round * tokens_per_step / (time.perf_counter() - start))
     return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def _synchronize() -> None:
+    """Wait for queued CUDA work, so that a round's time holds its own steps and no others."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _optimizer_step(run: Run, batches: list[torch.Tensor]) -> Callable[[], None]:
+    """One optimizer step of hfmini's `training_step` per call, cycling through `batches`."""
+    from hfmini.train import training_step
+
+    accumulation = run.config.train.gradient_accumulation_steps
+    position = 0
+
+    def step() -> None:
+        nonlocal position
+        for _ in range(accumulation):
+            training_step(run, batches[position % len(batches)])
+            position += 1
+
+    return step
+
+
+def _first_batches(run: Run, count: int = 8) -> list[torch.Tensor]:
+    """The first `count` (or fewer) input_ids batches of the run's loader, on its device."""
+    return [batch["input_ids"] for _, batch in zip(range(count), run.train_loader, strict=False)]
 
 
 def bench_training(recipe: str, rounds: int, steps_per_round: int, work_dir: Path) -> dict:
@@ -46,7 +90,7 @@ def bench_training(recipe: str, rounds: int, steps_per_round: int, work_dir: Pat
 
     from hfmini.config import parse_config
     from hfmini.throughput import measure_peak_flops
-    from hfmini.train import setup, training_step
+    from hfmini.train import setup
 
     config = parse_config(
         [
@@ -57,11 +101,11 @@ def bench_training(recipe: str, rounds: int, steps_per_round: int, work_dir: Pat
             "--report_to",
             "none",
             "--max_steps",
-            "100000",
+            LONG_RUN_STEPS,
         ]
     )
     run = setup(config)
-    batches = [batch["input_ids"] for _, batch in zip(range(8), run.train_loader, strict=False)]
+    batches = _first_batches(run)
     batch_shape = tuple(batches[0].shape)
     tokens_per_step = batches[0].numel() * config.train.gradient_accumulation_steps
     accumulation = config.train.gradient_accumulation_steps
@@ -74,22 +118,19 @@ def bench_training(recipe: str, rounds: int, steps_per_round: int, work_dir: Pat
         copy.deepcopy(run.accelerator.unwrap_model(run.model).config), attn_implementation="sdpa"
     )
     plain_optimizer = torch.optim.AdamW(plain_model.parameters(), lr=config.train.learning_rate)
-    position = {"hfmini": 0, "plain": 0}
+    position = 0
 
     def plain_step() -> None:
+        nonlocal position
         for _ in range(accumulation):
-            ids = batches[position["plain"] % len(batches)]
-            position["plain"] += 1
+            ids = batches[position % len(batches)]
+            position += 1
             loss = plain_model(input_ids=ids, labels=ids, use_cache=False).loss / accumulation
             loss.backward()
         plain_optimizer.step()
         plain_optimizer.zero_grad()
 
-    def hfmini_step() -> None:
-        for _ in range(accumulation):
-            ids = batches[position["hfmini"] % len(batches)]
-            position["hfmini"] += 1
-            training_step(run, ids)
+    hfmini_step = _optimizer_step(run, batches)
 
     warmup_start = time.perf_counter()
     for _ in range(3):  # includes torch.compile's first compilation when enabled
@@ -127,6 +168,193 @@ def bench_training(recipe: str, rounds: int, steps_per_round: int, work_dir: Pat
         "fp32_peak_flops": fp32_peak,
         "mfu": per_token * rates["hfmini"] / peak,
         "plain_mfu": per_token * rates["plain"] / fp32_peak,
+    }
+
+
+def _base_model(recipe: str, preset: str, folder: Path) -> Path:
+    """A `preset` GPT-2 with random weights (speed and memory do not depend on them) and the
+    recipe's tokenizer and context, saved as a model folder to fine-tune from."""
+    from hfmini.config import ModelArguments, parse_config
+    from hfmini.data import prepare_data
+    from hfmini.export import save_model
+    from hfmini.model import build_model
+
+    config = parse_config(["--config", recipe])
+    _, tokenizer = prepare_data(config)
+    model = build_model(ModelArguments(model_size=preset), tokenizer, config.context_length())
+    return save_model(model, tokenizer, folder)
+
+
+def _finetuning_recipe(recipe: str, base: Path, path: Path) -> Path:
+    """The recipe rewritten to fine-tune `base`: the keys that shape a model from scratch are
+    refused with model_name_or_path, and its learning rate is one for training from scratch
+    (each kind then takes its own default). No weight average: the comparison is of what LoRA
+    changes (gradients, optimizer state). Everything else (batch, block, precision) is kept."""
+    import yaml
+
+    from hfmini.config import FROM_SCRATCH_ONLY, read_yaml
+
+    values = read_yaml(recipe, f"config file {recipe}", "save it as UTF-8 YAML") or {}
+    dropped = {*FROM_SCRATCH_ONLY, "learning_rate"}
+    values = {key: value for key, value in values.items() if key not in dropped}
+    values.update(model_name_or_path=str(base), ema_decay=0.0)
+    path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    return path
+
+
+def training_state_bytes(run: Run) -> dict[str, int]:
+    """The memory that scales with the trainable weights, from the tensors themselves: one
+    gradient per trainable parameter (in its dtype; held from backward to the optimizer step),
+    AdamW's exp_avg and exp_avg_sq (read from the optimizer, so call after a step), and the EMA's
+    copy when the run keeps one."""
+    trainable = [p for p in run.model.parameters() if p.requires_grad]
+    state = {
+        "gradients": sum(p.numel() * p.element_size() for p in trainable),
+        "adamw_moments": sum(
+            tensor.numel() * tensor.element_size()
+            for param_state in run.optimizer.state.values()
+            for key, tensor in param_state.items()
+            if key in ("exp_avg", "exp_avg_sq")
+        ),
+    }
+    if run.ema is not None:
+        state["ema"] = sum(t.numel() * t.element_size() for t in run.ema.average)
+    return state
+
+
+def peak_memory_of_run(argv: list[str], steps: int) -> int:
+    """Peak memory (`hfmini.runtime.peak_memory_bytes`) of a Run built from `argv` over `steps`
+    optimizer steps, after a first step. Meant for a fresh process, whose peak then belongs to
+    this Run alone. The peak is reset after the first step: data preparation and torch.compile's
+    first compilation peak higher than training itself and would hide the difference; the
+    optimizer state, created by the first step, stays resident and is counted."""
+    from hfmini.config import parse_config
+    from hfmini.runtime import peak_memory_bytes, reset_peak_memory
+    from hfmini.train import setup
+
+    run = setup(parse_config(argv))
+    step = _optimizer_step(run, _first_batches(run))
+    step()
+    _synchronize()
+    reset_peak_memory(run.accelerator.device)
+    for _ in range(steps):
+        step()
+    _synchronize()
+    peak = peak_memory_bytes(run.accelerator.device)
+    run.accelerator.end_training()
+    return peak
+
+
+def _peak_memory_in_subprocess(argv: list[str], steps: int) -> int:
+    """peak_memory_of_run in a new Python process (`--peak_memory_run`): a process's peak
+    cannot be split between two Runs that lived in it. Costs an import of torch and a data load."""
+    request = json.dumps({"argv": argv, "steps": steps})
+    command = [sys.executable, "-m", "hfmini.bench", "--peak_memory_run", request]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"the peak-memory run {' '.join(argv)} failed: {last}")
+    return int(json.loads(done.stdout.strip().splitlines()[-1])["peak_memory_bytes"])
+
+
+def bench_finetuning(
+    recipe: str,
+    rounds: int,
+    steps_per_round: int,
+    work_dir: Path,
+    preset: str = "mini",
+    overrides: Sequence[str] = (),
+    memory_steps: int = 3,
+) -> dict:
+    """LoRA vs. full fine-tuning of one `preset` model on the recipe's data, batch and block:
+    tokens/s side by side, peak memory each in its own process, and the training state's bytes.
+    `overrides` (`--key value` ...) apply to both runs."""
+    from accelerate.state import AcceleratorState
+
+    from hfmini.config import parse_config
+    from hfmini.model import count_parameters
+    from hfmini.train import setup
+
+    base = _base_model(recipe, preset, work_dir / f"base-{preset}")
+    finetune_recipe = _finetuning_recipe(recipe, base, work_dir / "finetune.yaml")
+
+    def argv(kind: str, purpose: str) -> list[str]:
+        peft = ["--use_peft", "true"] if kind == "lora" else []
+        return [
+            "--config",
+            str(finetune_recipe),
+            "--output_dir",
+            str(work_dir / f"finetune-{kind}-{purpose}"),
+            "--report_to",
+            "none",
+            "--max_steps",
+            LONG_RUN_STEPS,
+            *peft,
+            *overrides,
+        ]
+
+    # A fresh process-wide accelerate state, as in a new process: the first Accelerator of a
+    # process fixes precision and torch.compile for all later ones, and bench_training's came
+    # first. Both runs below share one config apart from use_peft, so they agree on both.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    runs = {kind: setup(parse_config(argv(kind, "speed"))) for kind in ("full", "lora")}
+    batches = _first_batches(runs["full"])  # the same blocks for both: same data and seed
+    steps = {kind: _optimizer_step(run, batches) for kind, run in runs.items()}
+    config = runs["full"].config
+    batch_shape = list(batches[0].shape)
+    tokens_per_step = batches[0].numel() * config.train.gradient_accumulation_steps
+    for step in steps.values():
+        for _ in range(3):  # includes torch.compile's first compilation when enabled
+            step()
+    rates = _timed_rounds(steps, rounds, steps_per_round, tokens_per_step)
+
+    report: dict = {}
+    plain = {
+        kind: run.accelerator.unwrap_model(run.model, keep_torch_compile=False)
+        for kind, run in runs.items()
+    }
+    for kind, run in runs.items():
+        state = training_state_bytes(run)
+        report[kind] = {
+            "tokens_per_second": rates[kind],
+            "trainable_parameters": count_parameters(plain[kind]),
+            "training_state_bytes": sum(state.values()),
+            "training_state": state,
+        }
+    total = count_parameters(plain["full"], trainable_only=False)
+    shape = plain["full"].config
+    settings = plain["lora"].peft_config["default"]
+    device, precision = runs["full"].accelerator.device, runs["full"].accelerator.mixed_precision
+    compiled = config.train.compile_on(torch.cuda.is_available())
+    for run in runs.values():
+        run.accelerator.end_training()
+    del runs, steps, batches, plain
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the subprocesses below need the GPU's memory
+
+    for kind in ("full", "lora"):
+        report[kind]["peak_memory_bytes"] = _peak_memory_in_subprocess(
+            argv(kind, "memory"), memory_steps
+        )
+    full, lora = report["full"], report["lora"]
+    return {
+        "model": f"{preset} ({shape.n_layer}, {shape.n_head}, {shape.n_embd}) ctx "
+        f"{shape.n_positions}",
+        "parameters": total,
+        "batch": batch_shape,
+        "precision": precision.replace("no", "fp32"),
+        "torch_compile": compiled,
+        "lora_settings": f"r={settings.r}, alpha={settings.lora_alpha} on "
+        + ", ".join(sorted(settings.target_modules)),
+        "peak_memory_measure": "CUDA max allocated over training steps"
+        if device.type == "cuda"
+        else "peak RSS over training steps",
+        "full": full,
+        "lora": lora,
+        "lora_speedup": lora["tokens_per_second"] / full["tokens_per_second"],
+        "training_state_bytes_saved": full["training_state_bytes"] - lora["training_state_bytes"],
+        "peak_memory_bytes_saved": full["peak_memory_bytes"] - lora["peak_memory_bytes"],
     }
 
 
@@ -233,6 +461,10 @@ def bench_data(recipe: str, work_dir: Path) -> dict:
 
 def print_table(results: dict) -> None:
     train, gen, data = results["training"], results["generation"], results["data"]
+    tune = results["finetuning"]
+    full, lora = tune["full"], tune["lora"]
+    labels = {"gradients": "gradient", "adamw_moments": "2 AdamW moments", "ema": "EMA"}
+    state_formula = " + ".join(labels[name] for name in lora["training_state"])
     rows = [
         (
             "training: hfmini loop",
@@ -250,6 +482,24 @@ def print_table(results: dict) -> None:
             f"{train['hfmini_warmup_seconds']:.1f} s",
             f"torch_compile={train['torch_compile']}, {train['precision']}, "
             f"{train['attention']} attention",
+        ),
+        (
+            "finetuning: LoRA step",
+            f"{lora['tokens_per_second']:,.0f} tokens/s",
+            f"{tune['lora_speedup']:.2f}x full fine-tuning ({full['tokens_per_second']:,.0f} "
+            f"tokens/s); {tune['model']}, {tune['lora_settings']}",
+        ),
+        (
+            "finetuning: LoRA peak memory",
+            f"{lora['peak_memory_bytes'] / 2**20:,.0f} MiB",
+            f"full {full['peak_memory_bytes'] / 2**20:,.0f} MiB ({tune['peak_memory_measure']}, "
+            "each run in its own process)",
+        ),
+        (
+            "finetuning: LoRA training state",
+            f"{lora['training_state_bytes'] / 2**20:,.1f} MiB",
+            f"full {full['training_state_bytes'] / 2**20:,.1f} MiB: {lora['trainable_parameters']:,}"
+            f" vs. {full['trainable_parameters']:,} trainable weights × ({state_formula})",
         ),
         (
             "generation: KV cache",
@@ -286,11 +536,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="output/bench.json")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps_per_round", type=int, default=4)
+    # Internal: bench_finetuning's peak-memory subprocess ({"argv": [...], "steps": N} as JSON).
+    parser.add_argument("--peak_memory_run", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import logging
 
     logging.basicConfig(level=logging.WARNING)
+    if args.peak_memory_run:
+        request = json.loads(args.peak_memory_run)
+        peak = peak_memory_of_run(request["argv"], request["steps"])
+        print(json.dumps({"peak_memory_bytes": peak}))  # the last line: what the parent reads
+        return 0
     with tempfile.TemporaryDirectory(prefix="hfmini-bench-") as tmp:
         work_dir = Path(tmp)
         # A private datasets cache: the cold data run is really cold.
@@ -300,6 +557,9 @@ def main(argv: list[str] | None = None) -> int:
             "recipe": args.recipe,
             "data": bench_data(args.recipe, work_dir),
             "training": bench_training(args.recipe, args.rounds, args.steps_per_round, work_dir),
+            "finetuning": bench_finetuning(
+                args.recipe, args.rounds, args.steps_per_round, work_dir
+            ),
             "generation": bench_generation(args.recipe),
         }
     print_table(results)

@@ -466,6 +466,7 @@ RESUMABLE_SETTINGS = frozenset(
         "validation_file",
         "text_column",
         "tokenizer_name",
+        "merge_adapters",
     }
 )
 # With a schedule that does not depend on the run's length, these may grow on resume.
@@ -488,9 +489,9 @@ def check_resume_settings(saved: TrainState, config) -> None:
         )
         return
     now = training_settings(config)
-    changed = sorted(
-        k for k in set(now) | set(saved.settings) if now.get(k) != saved.settings.get(k)
-    )
+    # A setting newer than the checkpoint's hfmini had its default then.
+    recorded = {**_setting_defaults(), **saved.settings}
+    changed = sorted(k for k in set(now) | set(saved.settings) if now.get(k) != recorded.get(k))
     if (
         set(changed) <= _LENGTH_SETTINGS
         and config.train.lr_scheduler_type in _LENGTH_FREE_SCHEDULES
@@ -506,7 +507,7 @@ def check_resume_settings(saved: TrainState, config) -> None:
             )
         return
     if changed:
-        listed = "; ".join(f"{k} {saved.settings.get(k)!r} → {now.get(k)!r}" for k in changed)
+        listed = "; ".join(f"{k} {recorded.get(k)!r} → {now.get(k)!r}" for k in changed)
         schedule = (
             f" (the {config.train.lr_scheduler_type} schedule is laid out over the run's length)"
             if set(changed) & _LENGTH_SETTINGS
@@ -517,6 +518,17 @@ def check_resume_settings(saved: TrainState, config) -> None:
             f"was{schedule}: {listed}; resume with the checkpoint's settings, or train its "
             "weights further in a new run: --model_name_or_path CHECKPOINT with another output_dir"
         )
+
+
+def _setting_defaults() -> dict:
+    from hfmini.config import ARG_GROUPS
+
+    return {
+        f.name: f.default
+        for group in ARG_GROUPS
+        for f in dataclasses.fields(group)
+        if f.default is not dataclasses.MISSING
+    }
 
 
 def check_resume_data(saved: TrainState, fingerprint: str) -> None:

@@ -176,7 +176,10 @@ class ModelArguments:
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scale numerator (alpha / r)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_dropout: float = field(
+        default=0.0,
+        metadata={"help": "Dropout on the LoRA input (it slows CPU steps; docs/results.md)."},
+    )
     lora_target_modules: list[str] | None = field(
         default=None,
         metadata={

@@ -205,11 +205,18 @@ def _hub_config(name: str):
         ) from None
 
 
-def check_block_size(source: ModelSource, block_size: int) -> None:
+def check_fits_run(source: ModelSource, model_args, block_size: int) -> None:
+    """What can be told from the config alone, before any data or weight is read."""
     if source.context is not None and block_size > source.context:
         raise HfminiError(
             f"block_size {block_size} is above {source.name}'s context of {source.context} "
             f"tokens: lower block_size to at most {source.context}"
+        )
+    if source.adapter is not None and model_args.use_peft and not model_args.merge_adapters:
+        raise HfminiError(
+            f"{source.name} is a LoRA adapter folder: new adapters would sit on its base with "
+            "these adapters merged in, a model no folder holds; keep merge_adapters true to "
+            "export full weights"
         )
 
 

@@ -125,14 +125,34 @@ def configure_logging(accelerator) -> None:
 
 def peak_memory_bytes(device: torch.device) -> int:
     """The most memory the run has held: allocated tensors on a GPU; on a CPU the process's peak
-    resident size (Linux and macOS), which also counts Python, torch and the data."""
+    resident size, which also counts Python, torch and the data (Linux: VmHWM, which
+    `reset_peak_memory` can restart; elsewhere getrusage's lifetime peak)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     import resource
     import sys
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start `peak_memory_bytes` afresh from what is held now (CUDA; Linux, via clear_refs)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # resets the peak resident size (VmHWM) to the current one
+    except OSError:
+        pass  # not Linux: the peak then covers the whole process
 
 
 def without_compile(model):

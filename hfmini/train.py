@@ -110,7 +110,7 @@ def setup(config: Config) -> Run:
         flops_per_token,
     )
     from hfmini.optim import build_optimizer, build_scheduler
-    from hfmini.pretrained import check_block_size, fit_to_tokenizer, load_model, resolve
+    from hfmini.pretrained import check_fits_run, fit_to_tokenizer, load_model, resolve
     from hfmini.runtime import (
         attention_for,
         configure_logging,
@@ -133,12 +133,17 @@ def setup(config: Config) -> Run:
     source = None
     if config.model.model_name_or_path is not None:
         source = resolve(config.model.model_name_or_path)
-        check_block_size(source, config.data.block_size)
+        check_fits_run(source, config.model, config.data.block_size)
     if args.push_to_hub:
         from hfmini.hub import check_hub_access
 
         check_hub_access(args.hub_model_id)
     accelerator = make_accelerator(config)
+    if config.model.use_peft and is_sharded(accelerator):
+        raise HfminiError(
+            "use_peft is not supported with FSDP or DeepSpeed yet: train LoRA with DDP (its "
+            "optimizer state is small), or drop --use_peft"
+        )
     configure_logging(accelerator)
     use_all_cpu_cores()
     output_dir = Path(args.output_dir)
@@ -165,11 +170,6 @@ def setup(config: Config) -> Run:
     if config.model.use_peft:
         from hfmini.lora import add_lora
 
-        if is_sharded(accelerator):
-            raise HfminiError(
-                "use_peft is not supported with FSDP or DeepSpeed yet: train LoRA with DDP (its "
-                "optimizer state is small), or drop --use_peft"
-            )
         model = add_lora(model, config.model, args.gradient_checkpointing)
     per_token = flops_per_token(model, data.block_size)
     optimizer = build_optimizer(model, args)

@@ -52,6 +52,43 @@ def test_bench_runs_and_reports_ratios(tmp_path):
     assert gen["new_tokens"] == 256 and gen["speedup"] > 0
     assert data["cached_prepare_seconds"] < data["cold_prepare_seconds"]
     assert "training: hfmini loop" in result.stdout and "x plain eager" in result.stdout
+    tune = report["finetuning"]
+    assert tune["model"].startswith("mini ") and tune["lora_speedup"] > 0
+    assert "finetuning: LoRA step" in result.stdout and "x full fine-tuning" in result.stdout
+
+
+@pytest.mark.slow  # two subprocesses measure peak memory: tens of seconds
+def test_finetuning_bench_lora_trains_fewer_weights_with_less_state(tmp_path):
+    from hfmini.bench import bench_finetuning
+
+    # The tiny recipe's nano preset, eager (compiling 2 models would take most of the time).
+    result = bench_finetuning(
+        str(TINY_RECIPE),
+        rounds=1,
+        steps_per_round=1,
+        work_dir=tmp_path,
+        preset="nano",
+        overrides=("--torch_compile", "false"),
+        memory_steps=1,
+    )
+    full, lora = result["full"], result["lora"]
+    assert result["model"].startswith("nano (2, 2, 64)")
+    assert full["tokens_per_second"] > 0 and lora["tokens_per_second"] > 0
+    assert result["lora_speedup"] == lora["tokens_per_second"] / full["tokens_per_second"]
+    # Full fine-tuning trains every weight. LoRA (r 16) on c_attn (d → 3d), attention c_proj
+    # (d → d), c_fc (d → 4d) and MLP c_proj (4d → d) adds r·(d_in + d_out) each: 16·r·d a layer.
+    assert full["trainable_parameters"] == result["parameters"]
+    assert lora["trainable_parameters"] == 2 * 16 * 16 * 64
+    # Each trainable fp32 weight holds a gradient and AdamW's two moments (no EMA in this recipe).
+    for run in (full, lora):
+        n = run["trainable_parameters"]
+        assert run["training_state"] == {"gradients": 4 * n, "adamw_moments": 2 * 4 * n}
+        assert run["training_state_bytes"] == 3 * 4 * n
+    assert lora["training_state_bytes"] < full["training_state_bytes"]
+    assert result["training_state_bytes_saved"] == 12 * (
+        full["trainable_parameters"] - lora["trainable_parameters"]
+    )
+    assert full["peak_memory_bytes"] > 0 and lora["peak_memory_bytes"] > 0
 
 
 def test_launcher_single_thread_default_is_undone(monkeypatch):

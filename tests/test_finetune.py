@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from hfmini.checkpoint import list_checkpoints
 from hfmini.cli import main as cli_main
 from hfmini.config import parse_config
+from hfmini.errors import HfminiError
 from hfmini.train import main as train_main
 from hfmini.train import run_training
 
@@ -166,7 +167,7 @@ def test_lora_trains_the_adapters_only_and_merges_into_a_plain_model(tiny_base, 
     assert ModelCard.load(adapters / "README.md").data.library_name == "peft"
 
 
-def test_a_lora_adapter_on_a_hub_model_is_a_standard_adapter_folder(tiny_base, tmp_path):
+def test_a_lora_adapter_on_a_hub_model_is_a_standard_adapter_folder(tiny_base, tmp_path, capsys):
     as_cached_hub_model(tiny_base, "hfmini-test/tiny-base")
     out = tmp_path / "adapters"
     args = ("--use_peft", "true", "--merge_adapters", "false")
@@ -179,6 +180,9 @@ def test_a_lora_adapter_on_a_hub_model_is_a_standard_adapter_folder(tiny_base, t
         "hfmini-test/tiny-base",
         "adapter",
     )
+    # New adapters on these would need a base with these merged in, which no folder holds.
+    line = train_error(capsys, *finetune_args(out, tmp_path / "again", 2, *args))
+    assert f"{out} is a LoRA adapter folder: new adapters would sit on its base" in line
 
 
 def test_an_unknown_lora_target_lists_the_layers_there_are(tiny_base, tmp_path, capsys):
@@ -387,3 +391,12 @@ def test_the_readme_fine_tuning_command_fails_in_one_line_when_offline(tmp_path)
         "error: model_name_or_path gpt2 is neither a folder here nor a Hub model"
     )
     assert "Traceback" not in result.stderr
+
+
+def test_lora_under_sharding_is_refused_before_loading(tiny_base, tmp_path, monkeypatch):
+    import hfmini.runtime
+
+    monkeypatch.setattr(hfmini.runtime, "is_sharded", lambda accelerator: True)  # FSDP, DeepSpeed
+    args = finetune_args(tiny_base, tmp_path / "o", 2, "--use_peft", "true")
+    with pytest.raises(HfminiError, match="use_peft is not supported with FSDP or DeepSpeed yet"):
+        run_training(parse_config(args))

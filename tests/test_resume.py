@@ -55,7 +55,11 @@ def small_data_args(small_data, tiny_base):
             "--warmup_steps",
             "2",
             # The base's tokenizer cuts this text into more tokens: longer blocks keep epochs short.
-            *(("--use_peft", "true", "--block_size", "64") if lora else ()),
+            *(
+                ("--use_peft", "true", "--lora_dropout", "0.1", "--block_size", "64")
+                if lora
+                else ()
+            ),
             *extra,
             finetune_from=tiny_base if lora else None,
         )

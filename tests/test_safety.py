@@ -11,7 +11,14 @@ import pytest
 from conftest import tiny_run_args, tmpfs, train_error, write_lines
 
 from hfmini import train as train_module
-from hfmini.checkpoint import LOCK_FILE, holds_finished_model, list_checkpoints
+from hfmini.checkpoint import (
+    LOCK_FILE,
+    TrainState,
+    check_resume_settings,
+    holds_finished_model,
+    list_checkpoints,
+    training_settings,
+)
 from hfmini.config import parse_config
 from hfmini.errors import HfminiError
 from hfmini.train import run_training
@@ -192,6 +199,23 @@ def test_resume_with_changed_training_settings_is_refused(stopped_run, data_args
         )
     assert listed in str(refused.value)
     assert "--model_name_or_path CHECKPOINT with another output_dir" in str(refused.value)
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes(stopped_run, data_args):
+    """Settings added later (the fine-tuning ones) count as their defaults in older checkpoints."""
+    state_file = stopped_run / "checkpoints" / "step-3" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    for key in ("model_name_or_path", "use_peft", "lora_r", "lora_target_modules"):
+        del state["settings"][key]
+    state_file.write_text(json.dumps(state))
+    run_training(parse_config(data_args(stopped_run, "--resume_from_checkpoint", "latest")))
+    assert (stopped_run / "model.safetensors").is_file()
+    # A setting that is not at its default still counts as changed.
+    lora = parse_config(tiny_run_args(stopped_run, 6, "--use_peft", "true", finetune_from="x"))
+    saved = TrainState(settings=training_settings(lora))
+    del saved.settings["use_peft"]
+    with pytest.raises(HfminiError, match="use_peft False → True"):
+        check_resume_settings(saved, lora)
 
 
 def test_resume_on_other_data_is_refused(stopped_run, data_args, tmp_path):
