@@ -132,8 +132,10 @@ def sampling_warpers(temperature: float, top_k: int | None, top_p: float | None)
 
 def _cache_argument(model) -> str:
     """The KV cache's name in forward's arguments and outputs: transformers 5 renamed
-    `past_key_values` to `cache` (the old name warns, and goes in 5.40)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    `past_key_values` to `cache` (the old name warns, and goes in 5.40). A peft model passes its
+    keyword arguments through to the model it wraps, whose signature decides."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 @torch.inference_mode()

@@ -290,16 +290,17 @@ def fit_to_tokenizer(model, tokenizer, use_peft: bool) -> None:
 def load_for_inference(model_dir: str | Path):
     """(model, tokenizer) of a folder for generation and scoring: an hfmini output_dir, a
     checkpoint, any save_pretrained folder, or a LoRA adapter folder (merged into its base)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     path = Path(model_dir)
     if not path.is_dir():
         raise HfminiError(f"{model_dir} is not a folder: point at a training output_dir")
+    recorded = None  # the folder's own config.json (an adapter folder has none)
     if is_adapter_folder(path):
         source = resolve(str(path))
     else:
-        config = check_model_folder(path)
-        source = ModelSource(str(path), str(path), True, None)
+        recorded = check_model_folder(path)
+        source = ModelSource(str(path), str(path), True, AutoConfig.from_pretrained(path))
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError, TypeError, KeyError) as err:
@@ -307,15 +308,11 @@ def load_for_inference(model_dir: str | Path):
             f"could not load the tokenizer in {model_dir} ({first_line(err)}): copy or export "
             "the model again"
         ) from None
-    if source.config is None:
-        vocab_size = config.get("vocab_size")
-        if isinstance(vocab_size, int) and vocab_size < len(tokenizer):
-            raise HfminiError(
-                f"{path / 'config.json'} has vocab_size {vocab_size} but the tokenizer has "
-                f"{len(tokenizer)} tokens: they do not belong together; use the tokenizer the "
-                "model was trained with (hfmini train exports both into one folder)"
-            )
-        from transformers import AutoConfig
-
-        source.config = AutoConfig.from_pretrained(path)
+    vocab_size = recorded.get("vocab_size") if recorded else None
+    if isinstance(vocab_size, int) and vocab_size < len(tokenizer):
+        raise HfminiError(
+            f"{path / 'config.json'} has vocab_size {vocab_size} but the tokenizer has "
+            f"{len(tokenizer)} tokens: they do not belong together; use the tokenizer the model "
+            "was trained with (hfmini train exports both into one folder)"
+        )
     return load_model(source, dropout=None), tokenizer

@@ -400,3 +400,24 @@ def test_lora_under_sharding_is_refused_before_loading(tiny_base, tmp_path, monk
     args = finetune_args(tiny_base, tmp_path / "o", 2, "--use_peft", "true")
     with pytest.raises(HfminiError, match="use_peft is not supported with FSDP or DeepSpeed yet"):
         run_training(parse_config(args))
+
+
+def test_sampling_from_a_lora_model_uses_the_cache_name_of_the_model_it_wraps():
+    """peft passes the KV cache through under the wrapped model's name (no deprecated name);
+    new adapters start at zero, so they decode exactly what the model alone decodes."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from hfmini.generate import _cache_argument, decode
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2)
+    model = GPT2LMHeadModel(config).eval()
+    expected = decode(model, [1, 2, 3], 8)
+    lora = get_peft_model(model, LoraConfig(target_modules=["c_attn"], fan_in_fan_out=True)).eval()
+    assert _cache_argument(lora) == "cache"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        assert decode(lora, [1, 2, 3], 8) == expected
