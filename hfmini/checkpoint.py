@@ -77,7 +77,7 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def _weights_readable(path: Path) -> bool:
+def weights_readable(path: Path) -> bool:
     """A safetensors file whose header parses and whose tensors all lie inside the file."""
     import json as _json
     import struct
@@ -134,158 +134,6 @@ def resolve_resume_path(output_dir: str | Path, resume_from_checkpoint: str) -> 
             "which skips damaged checkpoints"
         )
     return path
-
-
-# Held (flock) by a run's main process for the whole run; it stays afterwards as the mark that
-# hfmini made the folder, so a later run may write there again.
-LOCK_FILE = ".hfmini.lock"
-# The final model is written here inside output_dir, then moved into place (hfmini.export). No
-# suffix: evaluate.save takes a path with one for a file name.
-EXPORT_TMP = ".hfmini-export"
-# What hfmini writes into output_dir besides checkpoints; --overwrite_output_dir removes these only.
-RUN_FILES = (
-    "metrics.jsonl",
-    "loss_curve.png",
-    "eval_results.json",
-    "training_config.yaml",
-    "README.md",
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "model.safetensors.index.json",
-    "adapter_config.json",
-    "adapter_model.safetensors",
-    "wandb",
-    EXPORT_TMP,
-)
-
-
-def holds_finished_model(output_dir: str | Path) -> bool:
-    """config.json with complete weights, or a LoRA adapter folder with complete adapter weights:
-    an export cut short (kill, full disk) is not finished."""
-    out = Path(output_dir)
-    if (out / "adapter_config.json").is_file():
-        return _weights_readable(out / "adapter_model.safetensors")
-    weights = list(out.glob("model*.safetensors"))
-    return (
-        (out / "config.json").is_file() and bool(weights) and all(map(_weights_readable, weights))
-    )
-
-
-def _made_by_hfmini(out: Path) -> bool:
-    """hfmini's lock file, or what an earlier hfmini run (before the lock) left there."""
-    return any((out / name).exists() for name in (LOCK_FILE, "metrics.jsonl", "checkpoints"))
-
-
-def check_output_dir_is_ours(out: Path) -> None:
-    """Only a new, empty or hfmini-made folder may be written into: never a user's own files."""
-    if out.exists() and not out.is_dir():
-        raise HfminiError(f"output_dir {out} is a file: choose a folder path")
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    if entries and not _made_by_hfmini(out):
-        shown = ", ".join(entries[:4]) + (
-            f" and {len(entries) - 4} more" if len(entries) > 4 else ""
-        )
-        raise HfminiError(
-            f"output_dir {out} already holds files that hfmini did not write ({shown}): choose a "
-            "new or empty folder"
-        )
-
-
-def check_output_dir(args) -> Path | None:
-    """Refuse to mix runs; returns the checkpoint to resume from, if any. Runs before any work."""
-    out = Path(args.output_dir)
-    check_output_dir_is_ours(out)
-    deletes = "--overwrite_output_dir (which deletes its checkpoints and model)"
-    if args.resume_from_checkpoint:
-        if args.overwrite_output_dir:
-            raise HfminiError("use either --resume_from_checkpoint or --overwrite_output_dir")
-        if holds_finished_model(out):
-            raise HfminiError(
-                f"{out} already holds a finished model: there is nothing to resume; pick a new "
-                f"output_dir or start again with {deletes}"
-            )
-        return resolve_resume_path(out, args.resume_from_checkpoint)
-    has_run = holds_finished_model(out) or list_checkpoints(out) or (out / "metrics.jsonl").exists()
-    if has_run and not args.overwrite_output_dir:
-        hint = "--resume_from_checkpoint latest to continue, or " if list_checkpoints(out) else ""
-        raise HfminiError(
-            f"output_dir {out} already holds a run: add {hint}{deletes}, or choose another "
-            "output_dir"
-        )
-    return None
-
-
-def _unwritable(out: Path, err: OSError) -> HfminiError:
-    return HfminiError(
-        f"output_dir {out} cannot be written ({err.strerror or err}): choose a folder you can "
-        "write to"
-    )
-
-
-class OutputDirLock:
-    """`output_dir` claimed for one run: created if needed, checked writable, and locked against a
-    second run until the process ends. A folder this run created and left empty is removed."""
-
-    def __init__(self, output_dir: str | Path, enabled: bool = True):
-        self.out = Path(output_dir)
-        self.enabled = enabled  # only a run's main process claims the folder
-        self.handle = None
-        self.created = False
-
-    def __enter__(self) -> OutputDirLock:
-        import fcntl
-
-        if not self.enabled:
-            return self
-        check_output_dir_is_ours(self.out)  # before writing anything into it
-        try:
-            self.created = not self.out.exists()
-            self.out.mkdir(parents=True, exist_ok=True)
-            probe = self.out / f".hfmini-write-test-{os.getpid()}"
-            probe.write_bytes(b"")  # read-only folders can still hold a lock file: try a write
-            probe.unlink()
-            self.handle = open(self.out / LOCK_FILE, "a+")  # noqa: SIM115 (held for the run)
-        except OSError as err:
-            raise _unwritable(self.out, err) from None
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.seek(0)
-            owner = self.handle.read().strip() or "unknown"
-            self.handle.close()
-            raise HfminiError(
-                f"output_dir {self.out} is in use by another hfmini run (process {owner}): wait "
-                "for it to finish, or choose another output_dir"
-            ) from None
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write(f"{os.getpid()}\n")
-        self.handle.flush()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.handle is None:
-            return
-        self.handle.close()  # releases the lock
-        if self.created and [p.name for p in self.out.iterdir()] == [LOCK_FILE]:
-            shutil.rmtree(self.out, ignore_errors=True)  # nothing of the run's own was written
-
-
-def clear_previous_run(output_dir: Path) -> None:
-    """With --overwrite_output_dir: remove what hfmini wrote before, and only that."""
-    names = ["checkpoints", *RUN_FILES]
-    # evaluate.save names its file after the time of writing: result-<date>-<time>.json.
-    names += [path.name for path in output_dir.glob("result-*.json")]
-    names += [path.name for path in output_dir.glob("model*.safetensors")]
-    for name in names:
-        path = output_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
 
 
 def save_checkpoint(
@@ -569,7 +417,7 @@ def damage(path: Path) -> str | None:
             json.loads((path / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return f"{name} is unreadable"
-    checks = [(p, _weights_readable) for p in sorted(path.glob("*.safetensors"))]
+    checks = [(p, weights_readable) for p in sorted(path.glob("*.safetensors"))]
     checks += [(p, _torch_file_readable) for p in sorted(path.glob("optimizer*.bin"))]
     checks += [(path / "scheduler.pt", _torch_file_readable)]
     for file, readable in checks:

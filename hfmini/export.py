@@ -20,9 +20,10 @@ from pathlib import Path
 
 import yaml
 
-from hfmini.checkpoint import EXPORT_TMP, list_checkpoints
+from hfmini.checkpoint import list_checkpoints
 from hfmini.config import SAMPLING_DEFAULTS
 from hfmini.errors import HfminiError, disk_full
+from hfmini.output_dir import EXPORT_TMP
 
 
 def generation_config_for(model, tokenizer):

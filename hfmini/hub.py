@@ -77,7 +77,8 @@ def check_hub_access(hub_model_id: str, alternative: str | None = "drop --push_t
 def check_finished_folder(folder: str | Path) -> None:
     """Fail unless `folder` holds a finished model: full weights (config.json with complete
     model*.safetensors) or a peft adapter (adapter_config.json with complete weights)."""
-    from hfmini.checkpoint import holds_finished_model, list_checkpoints
+    from hfmini.checkpoint import list_checkpoints
+    from hfmini.output_dir import holds_finished_model
 
     out = Path(folder)
     if not out.exists():

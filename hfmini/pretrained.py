@@ -139,9 +139,9 @@ def is_adapter_folder(path: Path) -> bool:
 
 
 def _adapter_base(path: Path) -> str:
-    from hfmini.checkpoint import _weights_readable
+    from hfmini.checkpoint import weights_readable
 
-    if not _weights_readable(path / ADAPTER_WEIGHTS):
+    if not weights_readable(path / ADAPTER_WEIGHTS):
         raise HfminiError(
             f"{path / ADAPTER_WEIGHTS} is missing, truncated or damaged: copy or export the "
             "adapter again"

@@ -22,12 +22,9 @@ import torch
 
 from hfmini.checkpoint import (
     STATE_FILE,
-    OutputDirLock,
     TrainState,
-    check_output_dir,
     check_resume_data,
     check_resume_settings,
-    clear_previous_run,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
@@ -36,6 +33,7 @@ from hfmini.checkpoint import (
 from hfmini.config import SAMPLING_DEFAULTS, Config, check_cache_writable, parse_config
 from hfmini.errors import HfminiError
 from hfmini.interrupt import StopRequest
+from hfmini.output_dir import OutputDirLock, check_output_dir, clear_previous_run
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

@@ -12,15 +12,14 @@ from conftest import tiny_run_args, tmpfs, train_error, write_lines
 
 from hfmini import train as train_module
 from hfmini.checkpoint import (
-    LOCK_FILE,
     TrainState,
     check_resume_settings,
-    holds_finished_model,
     list_checkpoints,
     training_settings,
 )
 from hfmini.config import parse_config
 from hfmini.errors import HfminiError
+from hfmini.output_dir import LOCK_FILE, holds_finished_model
 from hfmini.train import run_training
 
 
@@ -141,7 +140,7 @@ def test_overwrite_with_a_typo_deletes_nothing(capsys, tmp_path, data_args):
 
 HOLD_LOCK = """
 import sys, time
-from hfmini.checkpoint import OutputDirLock
+from hfmini.output_dir import OutputDirLock
 with OutputDirLock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(120)
@@ -273,7 +272,7 @@ def test_read_only_hf_home_is_one_line(capsys, tmp_path, monkeypatch):
 
 
 def test_the_lock_file_names_the_running_process(tmp_path):
-    from hfmini.checkpoint import OutputDirLock
+    from hfmini.output_dir import OutputDirLock
 
     with OutputDirLock(tmp_path / "out"):
         assert (tmp_path / "out" / LOCK_FILE).read_text().strip() == str(os.getpid())
