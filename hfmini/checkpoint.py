@@ -30,7 +30,9 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-ADAPTER_WEIGHTS = "adapter_model.safetensors"  # a LoRA run's checkpoint holds these weights
+# A peft adapter folder (a LoRA run's checkpoints and its merge_adapters false export).
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass

@@ -78,8 +78,3 @@ def add_lora(model, model_args, gradient_checkpointing: bool = False):
         100 * trainable / total,
     )
     return model
-
-
-def is_peft(model) -> bool:
-    """A peft model (without importing peft, which costs seconds on a from-scratch run)."""
-    return hasattr(model, "peft_config")

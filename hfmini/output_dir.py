@@ -11,7 +11,13 @@ import os
 import shutil
 from pathlib import Path
 
-from hfmini.checkpoint import list_checkpoints, resolve_resume_path, weights_readable
+from hfmini.checkpoint import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    list_checkpoints,
+    resolve_resume_path,
+    weights_readable,
+)
 from hfmini.errors import HfminiError
 
 # Held (flock) by a run's main process for the whole run; it stays afterwards as the mark that
@@ -33,8 +39,8 @@ RUN_FILES = (
     "tokenizer_config.json",
     "special_tokens_map.json",
     "model.safetensors.index.json",
-    "adapter_config.json",
-    "adapter_model.safetensors",
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
     "wandb",
     EXPORT_TMP,
 )
@@ -44,8 +50,8 @@ def holds_finished_model(output_dir: str | Path) -> bool:
     """config.json with complete weights, or a LoRA adapter folder with complete adapter weights:
     an export cut short (kill, full disk) is not finished."""
     out = Path(output_dir)
-    if (out / "adapter_config.json").is_file():
-        return weights_readable(out / "adapter_model.safetensors")
+    if (out / ADAPTER_CONFIG).is_file():
+        return weights_readable(out / ADAPTER_WEIGHTS)
     weights = list(out.glob("model*.safetensors"))
     return (out / "config.json").is_file() and bool(weights) and all(map(weights_readable, weights))
 

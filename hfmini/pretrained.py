@@ -17,12 +17,16 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from hfmini.checkpoint import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    STATE_FILE,
+    list_checkpoints,
+    weights_readable,
+)
 from hfmini.errors import HfminiError
 
 logger = logging.getLogger("hfmini")
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass
@@ -89,8 +93,6 @@ def check_model_folder(path: Path) -> dict:
     """
     from safetensors import SafetensorError, safe_open
 
-    from hfmini.checkpoint import STATE_FILE, list_checkpoints
-
     if not (path / "config.json").is_file():
         kept = list_checkpoints(path)
         if kept:
@@ -139,7 +141,6 @@ def is_adapter_folder(path: Path) -> bool:
 
 
 def _adapter_base(path: Path) -> str:
-    from hfmini.checkpoint import weights_readable
 
     if not weights_readable(path / ADAPTER_WEIGHTS):
         raise HfminiError(
