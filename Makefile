@@ -8,7 +8,7 @@ RECIPE ?= recipes/shakespeare/config.yaml
 # Tests and the default run never reach the Hub or W&B servers.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: install train play-groups test test-slow bench docs lint format clean
+.PHONY: chat-recipe install train play-groups test test-slow bench docs lint format clean
 
 $(BIN)/hfmini: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,20 @@ test-slow: install
 
 bench: install
 	$(OFFLINE) $(BIN)/python -m hfmini.bench $(ARGS)
+
+# Instruction tuning, shown: the Shakespeare model (`make train`'s, trained first if missing)
+# fine-tuned on conversations from the plays, with the loss on the answers and on everything
+# (recipes/shakespeare-chat/). Then talk to it: hfmini chat output/shakespeare-chat
+chat-recipe: install
+	test -f output/shakespeare/model.safetensors || $(MAKE) train
+	$(BIN)/python -m hfmini.shakespeare --conversations --max_chars 300 --output_dir output/shakespeare-chat-data
+	for run in shakespeare-chat shakespeare-chat-full; do \
+		test -f output/$$run/model.safetensors || $(OFFLINE) $(BIN)/accelerate launch -q \
+			--num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+			recipes/train.py --config recipes/shakespeare-chat/config.yaml --output_dir output/$$run \
+			$$(test $$run = shakespeare-chat-full && echo --assistant_only_loss false) $(ARGS) || exit 1; \
+	done
+	$(OFFLINE) $(BIN)/python recipes/shakespeare-chat/compare.py output
 
 # The configuration reference, generated from the dataclasses' help (a test checks it is current).
 docs: install

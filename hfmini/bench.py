@@ -1,6 +1,7 @@
 """`make bench`: how much model per minute hfmini gets from this machine, as side-by-side ratios.
 
     python -m hfmini.bench [--recipe recipes/shakespeare/config.yaml] [--output output/bench.json]
+                           [--only data training finetuning packing generation]
 
 1. Training: tokens/s of hfmini's real training step (`hfmini.train.training_step` on a Run built
    by `setup` from the recipe) vs. a minimal eager PyTorch loop (forward, backward, AdamW step) on
@@ -15,7 +16,12 @@
    keeps one), read from the tensors.
 3. Generation: new tokens/s of hfmini's KV-cache decoding vs. recomputing the whole context for
    each new token, at 256 new tokens; transformers' `generate` on the same model for reference.
-4. Data: tokenizer training MB/s, tokenize-and-pack MB/s, and a second (cached) data preparation.
+4. Chat data: training tokens/s (padding not counted) on the Shakespeare conversations, packed
+   with position ids (attention kept within each example), one example per sequence padded, and
+   packed without position ids (attention crossing examples: wrong, the plain causal speed).
+5. Data: tokenizer training MB/s, tokenize-and-pack MB/s, and a second (cached) data preparation.
+
+`--only packing generation` runs some sections.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ if TYPE_CHECKING:
 REPO_RECIPE = "recipes/shakespeare/config.yaml"
 # Long enough that torch_compile auto decides as for a real run, as in bench_training.
 LONG_RUN_STEPS = "100000"
+SECTIONS = ["data", "training", "finetuning", "packing", "generation"]
 
 
 def _timed_rounds(variants: dict, rounds: int, steps_per_round: int, tokens_per_step: int) -> dict:
@@ -64,7 +71,7 @@ def _synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def _optimizer_step(run: Run, batches: list[torch.Tensor]) -> Callable[[], None]:
+def _optimizer_step(run: Run, batches: list[dict[str, torch.Tensor]]) -> Callable[[], None]:
     """One optimizer step of hfmini's `training_step` per call, cycling through `batches`."""
     from hfmini.train import training_step
 
@@ -80,9 +87,9 @@ def _optimizer_step(run: Run, batches: list[torch.Tensor]) -> Callable[[], None]
     return step
 
 
-def _first_batches(run: Run, count: int = 8) -> list[torch.Tensor]:
-    """The first `count` (or fewer) input_ids batches of the run's loader, on its device."""
-    return [batch["input_ids"] for _, batch in zip(range(count), run.train_loader, strict=False)]
+def _first_batches(run: Run, count: int = 8) -> list[dict[str, torch.Tensor]]:
+    """The first `count` (or fewer) batches of the run's loader, on its device."""
+    return [batch for _, batch in zip(range(count), run.train_loader, strict=False)]
 
 
 def bench_training(recipe: str, rounds: int, steps_per_round: int, work_dir: Path) -> dict:
@@ -106,8 +113,8 @@ def bench_training(recipe: str, rounds: int, steps_per_round: int, work_dir: Pat
     )
     run = setup(config)
     batches = _first_batches(run)
-    batch_shape = tuple(batches[0].shape)
-    tokens_per_step = batches[0].numel() * config.train.gradient_accumulation_steps
+    batch_shape = tuple(batches[0]["input_ids"].shape)
+    tokens_per_step = batches[0]["input_ids"].numel() * config.train.gradient_accumulation_steps
     accumulation = config.train.gradient_accumulation_steps
 
     # The plain loop: a fresh model of the same config, default AdamW, the same batches.
@@ -123,7 +130,7 @@ def bench_training(recipe: str, rounds: int, steps_per_round: int, work_dir: Pat
     def plain_step() -> None:
         nonlocal position
         for _ in range(accumulation):
-            ids = batches[position % len(batches)]
+            ids = batches[position % len(batches)]["input_ids"]
             position += 1
             loss = plain_model(input_ids=ids, labels=ids, use_cache=False).loss / accumulation
             loss.backward()
@@ -301,8 +308,8 @@ def bench_finetuning(
     batches = _first_batches(runs["full"])  # the same blocks for both: same data and seed
     steps = {kind: _optimizer_step(run, batches) for kind, run in runs.items()}
     config = runs["full"].config
-    batch_shape = list(batches[0].shape)
-    tokens_per_step = batches[0].numel() * config.train.gradient_accumulation_steps
+    batch_shape = list(batches[0]["input_ids"].shape)
+    tokens_per_step = batches[0]["input_ids"].numel() * config.train.gradient_accumulation_steps
     for step in steps.values():
         for _ in range(3):  # includes torch.compile's first compilation when enabled
             step()
@@ -368,6 +375,69 @@ class _VocabularyOnly:
 
     def __len__(self) -> int:
         return self.size
+
+
+def bench_packing(work_dir: Path, rounds: int, n: int = 8) -> dict:
+    """Training tokens/s (real tokens, padding not counted) on the Shakespeare conversations,
+    micro GPT-2 with a 128-token context, fp32, in three layouts of the same examples: packed
+    with position ids (block-diagonal attention, hfmini's default), one example per sequence
+    padded to the batch's longest, and packed without position ids (attention crosses examples:
+    wrong, kept as the speed of plain causal attention)."""
+    from hfmini.config import parse_config
+    from hfmini.data import prepare_data
+    from hfmini.model import build_model
+    from hfmini.packing import pad_sequences
+    from hfmini.shakespeare import write_conversations
+    from hfmini.train import model_inputs
+
+    paths = write_conversations(work_dir / "chat", max_chars=300)
+    layouts = {}
+    for packing in ("true", "false"):
+        argv = ["--train_file", str(paths["train"]), "--validation_file", str(paths["validation"])]
+        argv += ["--block_size", "128", "--vocab_size", "2048", "--model_size", "micro"]
+        argv += ["--packing", packing, "--per_device_train_batch_size", "16"]
+        config = parse_config(
+            [*argv, "--output_dir", str(work_dir / "packing"), "--report_to", "none"]
+        )
+        data, tokenizer = prepare_data(config)
+        order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))
+        size = config.train.per_device_train_batch_size
+        rows = [[data.train[int(k)] for k in order[i * size : (i + 1) * size]] for i in range(n)]
+        real = sum(row["input_ids"].numel() for batch in rows for row in batch)
+        layouts[packing] = ([pad_sequences(batch, data.pad_id) for batch in rows], real)
+    torch.manual_seed(0)
+    model = build_model(config.model, tokenizer, 128, "sdpa")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def stepper(batches: list[dict], keep_positions: bool) -> Callable[[], None]:
+        position = 0
+
+        def step() -> None:
+            nonlocal position
+            batch = dict(batches[position % len(batches)])
+            position += 1
+            if not keep_positions:
+                batch.pop("position_ids")
+            model(**model_inputs(batch), use_cache=False).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return step
+
+    variants = {
+        "packed, position ids": (layouts["true"], True),
+        "one example a sequence, padded": (layouts["false"], True),
+        "packed, no position ids (crosses examples)": (layouts["true"], False),
+    }
+    results = {}
+    for name, ((batches, real), keep) in variants.items():
+        step = stepper(batches, keep)
+        for _ in range(2):
+            step()
+        rate = _timed_rounds({name: step}, rounds, n, real // n)[name]
+        filled = real / sum(b["input_ids"].numel() for b in batches)
+        results[name] = {"tokens_per_second": rate, "fill": filled}
+    return results
 
 
 def bench_generation(recipe: str, new_tokens: int = 256, repeats: int = 5) -> dict:
@@ -460,72 +530,102 @@ def bench_data(recipe: str, work_dir: Path) -> dict:
 
 
 def print_table(results: dict) -> None:
-    train, gen, data = results["training"], results["generation"], results["data"]
-    tune = results["finetuning"]
-    full, lora = tune["full"], tune["lora"]
-    labels = {"gradients": "gradient", "adamw_moments": "2 AdamW moments", "ema": "EMA"}
-    state_formula = " + ".join(labels[name] for name in lora["training_state"])
-    rows = [
-        (
-            "training: hfmini loop",
-            f"{train['hfmini_tokens_per_second']:,.0f} tokens/s",
-            f"{train['speedup']:.2f}x plain eager ({train['plain_eager_tokens_per_second']:,.0f} tokens/s)",
-        ),
-        (
-            "training: MFU",
-            f"{train['mfu']:.1%}",
-            f"of the {train['precision']} peak {train['peak_flops'] / 1e9:,.0f} GFLOP/s measured; "
-            f"plain eager {train['plain_mfu']:.1%} of fp32 {train['fp32_peak_flops'] / 1e9:,.0f}",
-        ),
-        (
-            "training: first steps",
-            f"{train['hfmini_warmup_seconds']:.1f} s",
-            f"torch_compile={train['torch_compile']}, {train['precision']}, "
-            f"{train['attention']} attention",
-        ),
-        (
-            "finetuning: LoRA step",
-            f"{lora['tokens_per_second']:,.0f} tokens/s",
-            f"{tune['lora_speedup']:.2f}x full fine-tuning ({full['tokens_per_second']:,.0f} "
-            f"tokens/s); {tune['model']}, {tune['lora_settings']}",
-        ),
-        (
-            "finetuning: LoRA peak memory",
-            f"{lora['peak_memory_bytes'] / 2**20:,.0f} MiB",
-            f"full {full['peak_memory_bytes'] / 2**20:,.0f} MiB ({tune['peak_memory_measure']}, "
-            "each run in its own process)",
-        ),
-        (
-            "finetuning: LoRA training state",
-            f"{lora['training_state_bytes'] / 2**20:,.1f} MiB",
-            f"full {full['training_state_bytes'] / 2**20:,.1f} MiB: {lora['trainable_parameters']:,}"
-            f" vs. {full['trainable_parameters']:,} trainable weights × ({state_formula})",
-        ),
-        (
-            "generation: KV cache",
-            f"{gen['kv_cache_tokens_per_second']:,.0f} tokens/s",
-            f"{gen['speedup']:.2f}x recompute ({gen['recompute_tokens_per_second']:,.0f} tokens/s), {gen['new_tokens']} new tokens",
-        ),
-        (
-            "generation: transformers generate",
-            f"{gen['transformers_generate_tokens_per_second']:,.0f} tokens/s",
-            f"{gen['generate_speedup']:.2f}x recompute (KV cache too, more per-token work)",
-        ),
-        (
-            "data: tokenizer training",
-            f"{data['tokenizer_training_mb_per_second']:.2f} MB/s",
-            f"{data['train_megabytes']:.1f} MB of training text",
-        ),
-        ("data: tokenize and pack", f"{data['tokenize_and_pack_mb_per_second']:.2f} MB/s", ""),
-        (
-            "data: prepare, cached",
-            f"{data['cached_prepare_seconds']:.2f} s",
-            f"cold {data['cold_prepare_seconds']:.1f} s",
-        ),
-    ]
+    rows = []
+    if "training" in results:
+        train = results["training"]
+        rows += [
+            (
+                "training: hfmini loop",
+                f"{train['hfmini_tokens_per_second']:,.0f} tokens/s",
+                f"{train['speedup']:.2f}x plain eager ({train['plain_eager_tokens_per_second']:,.0f} tokens/s)",
+            ),
+            (
+                "training: MFU",
+                f"{train['mfu']:.1%}",
+                f"of the {train['precision']} peak {train['peak_flops'] / 1e9:,.0f} GFLOP/s measured; "
+                f"plain eager {train['plain_mfu']:.1%} of fp32 {train['fp32_peak_flops'] / 1e9:,.0f}",
+            ),
+            (
+                "training: first steps",
+                f"{train['hfmini_warmup_seconds']:.1f} s",
+                f"torch_compile={train['torch_compile']}, {train['precision']}, "
+                f"{train['attention']} attention",
+            ),
+        ]
+    if "finetuning" in results:
+        tune = results["finetuning"]
+        full, lora = tune["full"], tune["lora"]
+        labels = {"gradients": "gradient", "adamw_moments": "2 AdamW moments", "ema": "EMA"}
+        state_formula = " + ".join(labels[name] for name in lora["training_state"])
+        rows += [
+            (
+                "finetuning: LoRA step",
+                f"{lora['tokens_per_second']:,.0f} tokens/s",
+                f"{tune['lora_speedup']:.2f}x full fine-tuning ({full['tokens_per_second']:,.0f} "
+                f"tokens/s); {tune['model']}, {tune['lora_settings']}",
+            ),
+            (
+                "finetuning: LoRA peak memory",
+                f"{lora['peak_memory_bytes'] / 2**20:,.0f} MiB",
+                f"full {full['peak_memory_bytes'] / 2**20:,.0f} MiB ({tune['peak_memory_measure']}, "
+                "each run in its own process)",
+            ),
+            (
+                "finetuning: LoRA training state",
+                f"{lora['training_state_bytes'] / 2**20:,.1f} MiB",
+                f"full {full['training_state_bytes'] / 2**20:,.1f} MiB: {lora['trainable_parameters']:,}"
+                f" vs. {full['trainable_parameters']:,} trainable weights × ({state_formula})",
+            ),
+        ]
+    if "packing" in results:
+        packing = results["packing"]
+        packed = packing["packed, position ids"]["tokens_per_second"]
+        for name, figures in packing.items():
+            rows.append(
+                (
+                    f"chat data: {name}",
+                    f"{figures['tokens_per_second']:,.0f} tokens/s",
+                    f"{figures['tokens_per_second'] / packed:.2f}x packed with position ids; "
+                    f"{figures['fill']:.0%} of positions are tokens",
+                )
+            )
+    if "generation" in results:
+        gen = results["generation"]
+        rows += [
+            (
+                "generation: KV cache",
+                f"{gen['kv_cache_tokens_per_second']:,.0f} tokens/s",
+                f"{gen['speedup']:.2f}x recompute ({gen['recompute_tokens_per_second']:,.0f} tokens/s), {gen['new_tokens']} new tokens",
+            ),
+            (
+                "generation: transformers generate",
+                f"{gen['transformers_generate_tokens_per_second']:,.0f} tokens/s",
+                f"{gen['generate_speedup']:.2f}x recompute (KV cache too, more per-token work)",
+            ),
+        ]
+    if "data" in results:
+        data = results["data"]
+        rows += [
+            (
+                "data: tokenizer training",
+                f"{data['tokenizer_training_mb_per_second']:.2f} MB/s",
+                f"{data['train_megabytes']:.1f} MB of training text",
+            ),
+            ("data: tokenize and pack", f"{data['tokenize_and_pack_mb_per_second']:.2f} MB/s", ""),
+            (
+                "data: prepare, cached",
+                f"{data['cached_prepare_seconds']:.2f} s",
+                f"cold {data['cold_prepare_seconds']:.1f} s",
+            ),
+        ]
     width = max(len(r[0]) for r in rows)
     print(f"\nhfmini bench — {results['machine']}")
-    print(f"model: {train['model']}, {train['parameters']:,} parameters, batch {train['batch']}\n")
+    if "training" in results:
+        train = results["training"]
+        print(
+            f"model: {train['model']}, {train['parameters']:,} parameters, batch {train['batch']}"
+        )
+    print()
     for name, value, note in rows:
         print(f"{name:<{width}}  {value:>18}  {note}")
 
@@ -536,6 +636,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="output/bench.json")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps_per_round", type=int, default=4)
+    parser.add_argument(
+        "--only", nargs="+", choices=SECTIONS, default=SECTIONS, help="run these sections only"
+    )
     # Internal: bench_finetuning's peak-memory subprocess ({"argv": [...], "steps": N} as JSON).
     parser.add_argument("--peak_memory_run", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -552,16 +655,19 @@ def main(argv: list[str] | None = None) -> int:
         work_dir = Path(tmp)
         # A private datasets cache: the cold data run is really cold.
         os.environ["HF_DATASETS_CACHE"] = str(work_dir / "datasets")
-        results = {
-            "machine": _machine(),
-            "recipe": args.recipe,
-            "data": bench_data(args.recipe, work_dir),
-            "training": bench_training(args.recipe, args.rounds, args.steps_per_round, work_dir),
-            "finetuning": bench_finetuning(
+        sections = {
+            "data": lambda: bench_data(args.recipe, work_dir),
+            "training": lambda: bench_training(
                 args.recipe, args.rounds, args.steps_per_round, work_dir
             ),
-            "generation": bench_generation(args.recipe),
+            "finetuning": lambda: bench_finetuning(
+                args.recipe, args.rounds, args.steps_per_round, work_dir
+            ),
+            "packing": lambda: bench_packing(work_dir, args.rounds),
+            "generation": lambda: bench_generation(args.recipe),
         }
+        results = {"machine": _machine(), "recipe": args.recipe}
+        results |= {name: run() for name, run in sections.items() if name in args.only}
     print_table(results)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -168,7 +168,9 @@ def save_checkpoint(
         accelerator.save_state(str(tmp))
         if accelerator.is_main_process:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            tokenizer.save_pretrained(tmp)
+            from hfmini.tokenizer import save_tokenizer
+
+            save_tokenizer(tokenizer, tmp)
             if config_dict is not None:
                 (tmp / "training_config.yaml").write_text(
                     yaml.safe_dump(config_dict, sort_keys=False), encoding="utf-8"

@@ -1,4 +1,4 @@
-"""The `hfmini` command: train, generate, eval, plot, push.
+"""The `hfmini` command: train, generate, chat, eval, plot, push.
 
 `push` uploads a finished run trained offline, the same files and checks as --push_to_hub.
 
@@ -32,13 +32,13 @@ def make_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="stream text from a trained model")
     gen.add_argument("model_dir", help="a training output_dir (or any GPT-2 style folder)")
     gen.add_argument("--prompt", default="", help="text to continue ('' starts a new document)")
-    gen.add_argument("--max_new_tokens", type=int, default=200)
-    gen.add_argument(
-        "--temperature", type=float, default=SAMPLING_DEFAULTS["temperature"], help="0: greedy"
+    add_sampling_arguments(gen)
+
+    chat = commands.add_parser(
+        "chat", help="talk with a chat model (one fine-tuned on conversations) in the terminal"
     )
-    gen.add_argument("--top_k", type=int, default=SAMPLING_DEFAULTS["top_k"])
-    gen.add_argument("--top_p", type=float, default=SAMPLING_DEFAULTS["top_p"])
-    gen.add_argument("--seed", type=int, default=None)
+    chat.add_argument("model_dir", help="a model folder with a chat template")
+    add_sampling_arguments(chat)
 
     ev = commands.add_parser("eval", help="validation loss, perplexity and bits per byte")
     ev.add_argument("model_dir")
@@ -69,6 +69,17 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sampling flags `generate` and `chat` share."""
+    parser.add_argument("--max_new_tokens", type=int, default=200)
+    parser.add_argument(
+        "--temperature", type=float, default=SAMPLING_DEFAULTS["temperature"], help="0: greedy"
+    )
+    parser.add_argument("--top_k", type=int, default=SAMPLING_DEFAULTS["top_k"])
+    parser.add_argument("--top_p", type=float, default=SAMPLING_DEFAULTS["top_p"])
+    parser.add_argument("--seed", type=int, default=None)
+
+
 def cmd_generate(args) -> None:
     from hfmini.generate import (
         check_prompt,
@@ -95,6 +106,12 @@ def cmd_generate(args) -> None:
         on_text=stream_to_stdout,
     )
     stream_to_stdout("\n")
+
+
+def cmd_chat(args) -> None:
+    from hfmini.chat import run_chat
+
+    run_chat(args)
 
 
 def eval_data_args(model_dir: str, validation_file, text_column):
@@ -166,8 +183,9 @@ def cmd_eval(args) -> dict:
     import torch
 
     from hfmini.data import prepare_eval_tokens
-    from hfmini.evaluation import evaluate_stream
+    from hfmini.evaluation import evaluate_examples, evaluate_stream
     from hfmini.generate import load_model_and_tokenizer
+    from hfmini.sft import eval_examples
     from hfmini.tokenizer import token_byte_lengths
 
     if args.batch_size <= 0:
@@ -179,10 +197,16 @@ def cmd_eval(args) -> dict:
             f"block_size must be between 2 and the model's context "
             f"{model.config.max_position_embeddings}, got {block_size}"
         )
-    tokens = prepare_eval_tokens(
-        eval_data_args(args.model_dir, args.validation_file, args.text_column), tokenizer
-    )
+    data_args = eval_data_args(args.model_dir, args.validation_file, args.text_column)
     token_bytes = torch.tensor(token_byte_lengths(tokenizer), dtype=torch.float64)
+    # Prompt-completion or conversations: the answers are scored, as in training.
+    examples = eval_examples(data_args, tokenizer, args.block_size or data_args.block_size)
+    if examples is not None:
+        pad_id = tokenizer.pad_token_id
+        metrics = evaluate_examples(model, examples, pad_id, args.batch_size, token_bytes)
+        print(json.dumps(metrics))
+        return metrics
+    tokens = prepare_eval_tokens(data_args, tokenizer)
     # Bits per byte divides by the bytes of the predicted tokens: all but the first of each block.
     # (A count per token id, not a byte count per token: no tensor the size of the stream.)
     counts = torch.bincount(tokens, minlength=len(token_bytes)).double()
@@ -225,7 +249,13 @@ def main(argv: list[str] | None = None) -> int:
         return train_main(argv[1:])
     args = make_parser().parse_args(argv)
     try:
-        commands = {"generate": cmd_generate, "eval": cmd_eval, "plot": cmd_plot, "push": cmd_push}
+        commands = {
+            "generate": cmd_generate,
+            "chat": cmd_chat,
+            "eval": cmd_eval,
+            "plot": cmd_plot,
+            "push": cmd_push,
+        }
         commands[args.command](args)
     except HfminiError as err:
         print(f"error: {err}", file=sys.stderr)

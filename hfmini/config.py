@@ -108,6 +108,31 @@ class DataArguments:
             "(the final evaluation always scores the whole split)."
         },
     )
+    # Instruction and chat data (TRL's SFT formats, detected from the columns: prompt/completion
+    # or messages; see hfmini/sft.py).
+    chat_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Conversations: a Jinja chat template, as a file path or the template text. "
+            "Unset: the model's own, else hfmini's default (<|im_start|>role ... <|im_end|>)."
+        },
+    )
+    completion_only_loss: bool = field(
+        default=True,
+        metadata={"help": "prompt/completion rows: train on the completion only (as TRL)."},
+    )
+    assistant_only_loss: bool = field(
+        default=True,
+        metadata={"help": "messages rows: train on the assistant turns only."},
+    )
+    packing: bool = field(
+        default=True,
+        metadata={
+            "help": "prompt/completion and messages rows: pack several examples into each "
+            "sequence of block_size, kept apart by position_ids (attention never crosses "
+            "examples); false: one example per sequence, padded."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not self.block_size >= 2:
@@ -128,6 +153,10 @@ class DataArguments:
             raise HfminiError("validation_file is set but train_file is not: set --train_file too")
         if self.dataset_name and self.train_file:
             raise HfminiError("set either dataset_name or train_file, not both")
+        if self.chat_template is not None:
+            from hfmini.chat_template import read_chat_template
+
+            read_chat_template(self.chat_template)  # a missing file or bad Jinja: now, not later
 
 
 @dataclass

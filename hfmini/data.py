@@ -131,9 +131,11 @@ def chunk_documents(raw, text_column: str, num_proc: int | None):
         )
 
 
-def hold_out_validation(chunks, percentage: float):
+def hold_out_validation(
+    chunks, percentage: float, unit: str = f"chunks of ≤{CHUNK_CHARS} characters"
+):
     """Without a validation split, hold out the last `percentage` % of chunks (contiguous, so it
-    never shares a paragraph with training and the tokenizer never sees it)."""
+    never shares a paragraph with training and the tokenizer never sees it), or of rows."""
     from datasets import DatasetDict
 
     if "validation" in chunks:
@@ -142,7 +144,7 @@ def hold_out_validation(chunks, percentage: float):
     if train.num_rows < 2:
         raise HfminiError(
             f"the training text is too short to hold out {percentage:g}% for validation "
-            f"({train.num_rows} chunk of ≤{CHUNK_CHARS} characters): add text or set validation_file"
+            f"({train.num_rows} of {unit}): add data or set validation_file"
         )
     held_out = min(train.num_rows - 1, max(1, round(train.num_rows * percentage / 100)))
     cut = train.num_rows - held_out
@@ -287,11 +289,18 @@ def tokenize_and_pack(chunks, tokenizer, data_args) -> PreparedData:
 def prepare_data(config, resume_path: Path | None = None) -> tuple[PreparedData, object]:
     """The whole data stage of a training run, top to bottom: load the sources, chunk and split,
     get the tokenizer (the resumed run's, a named one, or trained on the train split only), then
-    tokenize and pack. Returns (PreparedData, tokenizer)."""
-    from hfmini.sources import load_sources
+    tokenize and pack. Returns (PreparedData, tokenizer). Prompt-completion and conversational
+    rows go to `hfmini.sft.prepare_examples` instead (PreparedExamples, tokenizer)."""
+    from hfmini.sft import data_format, prepare_examples
+    from hfmini.sources import check_text_column, check_text_values, load_raw
     from hfmini.tokenizer import tokenizer_for_run
 
-    chunks = chunk_and_split(load_sources(config.data), config.data)
+    raw, origins = load_raw(config.data)
+    if data_format(raw["train"].column_names, config.data.text_column) != "language_modeling":
+        return prepare_examples(config, raw, origins, resume_path)
+    check_text_column(raw, config.data.text_column, "")
+    check_text_values(raw, config.data.text_column, origins)
+    chunks = chunk_and_split(raw, config.data)
     tokenizer = tokenizer_for_run(
         config.model, chunks["train"], config.context_length(), resume_path
     )

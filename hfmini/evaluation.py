@@ -48,7 +48,58 @@ def metrics_from_sums(nll: float, tokens: float, n_bytes: float) -> dict[str, fl
     }
 
 
+def _spread(items: list, max_items: int | None) -> list:
+    """At most `max_items`, evenly spaced: a cheap estimate that still samples the whole split."""
+    if max_items is None or len(items) <= max_items:
+        return items
+    stride = len(items) / max_items
+    return [items[int(i * stride)] for i in range(max_items)]
+
+
+def _shares(items: list, accelerator) -> list[list]:
+    """Round-robin shares of `items`, one per process."""
+    if accelerator is None or accelerator.num_processes <= 1:
+        return [items]
+    return [items[i :: accelerator.num_processes] for i in range(accelerator.num_processes)]
+
+
 @torch.no_grad()
+def _score(model, groups: list, run_by_all: int, make_batch, token_bytes, accelerator, should_stop):
+    """Summed NLL, target count and target bytes over the labels (not -100) of every batch that
+    `make_batch(group)` builds, reduced across processes; None if `should_stop` said so.
+
+    `should_stop` may be a collective (an all-reduce): it is asked only before the first
+    `run_by_all` batches, which every process runs."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    token_bytes = token_bytes.to(device)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # nll, predicted tokens, bytes
+    for i, group in enumerate(groups):
+        if should_stop is not None and i < run_by_all and should_stop():
+            model.train(was_training)
+            return None
+        batch = {k: v.to(device) for k, v in make_batch(group).items()}
+        labels = batch.pop("labels")
+        logits = model(**batch, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
+        targets = labels[:, 1:]  # (B, T-1)
+        scored = targets != -100
+        nll = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum"
+        )
+        sums += torch.stack(
+            [
+                nll.double(),
+                scored.sum().double(),
+                token_bytes[targets.clamp(min=0)][scored].sum().double(),
+            ]
+        )
+    if accelerator is not None and accelerator.num_processes > 1:
+        sums = accelerator.reduce(sums, reduction="sum")
+    model.train(was_training)
+    return sums
+
+
 def evaluate_stream(
     model,
     tokens: torch.Tensor,
@@ -66,42 +117,40 @@ def evaluate_stream(
     processes run; True ends the evaluation early with None, so a signal need not wait for it.
     Cost: one forward pass per block, logits of (batch, block, vocab) floats at a time.
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    ranges = block_ranges(tokens.numel(), block_size)
-    if max_blocks is not None and len(ranges) > max_blocks:
-        # Evenly spaced blocks: a cheap estimate that still samples the whole split.
-        stride = len(ranges) / max_blocks
-        ranges = [ranges[int(i * stride)] for i in range(max_blocks)]
-    shares = [ranges]
-    if accelerator is not None and accelerator.num_processes > 1:
-        shares = [ranges[i :: accelerator.num_processes] for i in range(accelerator.num_processes)]
-        ranges = shares[accelerator.process_index]
-    groups = batches(ranges, block_size, batch_size)
-    # should_stop may be a collective (an all-reduce): ask it only before batches all processes run.
+    shares = _shares(_spread(block_ranges(tokens.numel(), block_size), max_blocks), accelerator)
+    mine = shares[accelerator.process_index if len(shares) > 1 else 0]
     run_by_all = min(len(batches(share, block_size, batch_size)) for share in shares)
-    token_bytes = token_bytes.to(device)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # nll, predicted tokens, bytes
-    for i, group in enumerate(groups):
-        if should_stop is not None and i < run_by_all and should_stop():
-            model.train(was_training)
-            return None
-        input_ids = torch.stack([tokens[s:e] for s, e in group]).long().to(device)  # (B, T)
-        logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
-        targets = input_ids[:, 1:]  # (B, T-1)
-        nll = F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum"
-        )
-        sums += torch.stack(
-            [
-                nll.double(),
-                torch.tensor(targets.numel(), device=device, dtype=torch.float64),
-                token_bytes[targets].sum().double(),
-            ]
-        )
-    if accelerator is not None and accelerator.num_processes > 1:
-        sums = accelerator.reduce(sums, reduction="sum")
-    model.train(was_training)
-    nll, count, n_bytes = sums.tolist()
-    return metrics_from_sums(nll, count, n_bytes)
+
+    def make_batch(group: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        input_ids = torch.stack([tokens[s:e] for s, e in group]).long()  # (B, T)
+        return {"input_ids": input_ids, "labels": input_ids}
+
+    groups = batches(mine, block_size, batch_size)
+    sums = _score(model, groups, run_by_all, make_batch, token_bytes, accelerator, should_stop)
+    return None if sums is None else metrics_from_sums(*sums.tolist())
+
+
+def evaluate_examples(
+    model,
+    dataset,
+    pad_id: int,
+    batch_size: int,
+    token_bytes: torch.Tensor,
+    accelerator=None,
+    max_blocks: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, float] | None:
+    """Score the labelled tokens (the answers) of a `hfmini.packing.SequenceDataset`, sequences
+    shared round-robin across processes, as `evaluate_stream` does for blocks."""
+    from hfmini.packing import pad_sequences
+
+    shares = _shares(_spread(list(range(len(dataset))), max_blocks), accelerator)
+    mine = shares[accelerator.process_index if len(shares) > 1 else 0]
+    run_by_all = min(-(-len(share) // batch_size) for share in shares)
+    groups = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+
+    def make_batch(group: list[int]) -> dict[str, torch.Tensor]:
+        return pad_sequences([dataset[k] for k in group], pad_id)
+
+    sums = _score(model, groups, run_by_all, make_batch, token_bytes, accelerator, should_stop)
+    return None if sums is None else metrics_from_sums(*sums.tolist())

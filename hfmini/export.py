@@ -3,7 +3,7 @@
 output_dir/
   config.json  model.safetensors  generation_config.json     ← save_pretrained
   (LoRA with merge_adapters false: adapter_config.json  adapter_model.safetensors instead)
-  tokenizer.json  tokenizer_config.json                      ← tokenizer.save_pretrained
+  tokenizer.json  tokenizer_config.json (+ chat template)     ← tokenizer.save_pretrained
   training_config.yaml  eval_results.json                    ← how it was made, what it scored
 
 Everything is first written to output_dir/.hfmini-export/ and then moved into place, the weights
@@ -24,15 +24,20 @@ from hfmini.checkpoint import list_checkpoints
 from hfmini.config import SAMPLING_DEFAULTS
 from hfmini.errors import HfminiError, disk_full
 from hfmini.output_dir import EXPORT_TMP
+from hfmini.tokenizer import save_tokenizer
 
 
 def generation_config_for(model, tokenizer):
-    """Sampling defaults that `pipeline("text-generation")` and `generate` pick up."""
+    """Sampling defaults that `pipeline("text-generation")` and `generate` pick up. A chat model
+    stops at the end of its turn as well as at eos."""
     from transformers import GenerationConfig
 
+    from hfmini.chat_template import stop_token_ids
+
+    stop = stop_token_ids(tokenizer)
     return GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stop if len(stop) > 1 else tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         do_sample=True,
         **SAMPLING_DEFAULTS,
@@ -57,7 +62,7 @@ def save_model(
     output_dir.mkdir(parents=True, exist_ok=True)
     model.generation_config = generation_config_for(model, tokenizer)
     model.save_pretrained(output_dir, state_dict=state_dict)  # safetensors: the only format in v5
-    tokenizer.save_pretrained(output_dir)
+    save_tokenizer(tokenizer, output_dir)
     if config_dict is not None:
         (output_dir / "training_config.yaml").write_text(
             yaml.safe_dump(config_dict, sort_keys=False), encoding="utf-8"

@@ -16,6 +16,7 @@ import inspect
 import logging
 import math
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -145,15 +146,17 @@ def decode(
     steps: int,
     warpers=None,
     sample: bool = False,
-    eos_token_id: int | None = None,
+    eos_token_id: int | Collection[int] | None = None,
     on_token=None,
 ) -> list[int]:
     """Up to `steps` new tokens after `ids` (which must fit the context with them): one prefill
     forward over the prompt, then one single-token forward per new token on the KV cache.
 
     Greedy unless `sample`; `warpers` reshape the (1, vocab) logits first. Stops after
-    `eos_token_id`. Cost: O(context) attention per token instead of recomputing the prefix.
+    `eos_token_id`, or after any of them when it is a collection (eos and end of turn).
+    Cost: O(context) attention per token instead of recomputing the prefix.
     """
+    stops = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
     device = next(model.parameters()).device
     cache_name = _cache_argument(model)
     sequence = torch.tensor([ids], device=device)  # (1, T): what the warpers see
@@ -173,7 +176,7 @@ def decode(
         new.append(token)
         if on_token is not None:
             on_token(token)
-        if token == eos_token_id:
+        if token in stops:
             break
     return new
 
@@ -188,16 +191,23 @@ def generate_text(
     top_p: float | None = SAMPLING_DEFAULTS["top_p"],
     seed: int | None = None,
     on_text=None,
+    chat: bool = False,
 ) -> str:
     """Generate up to `max_new_tokens` after `prompt` (fewer if the model emits EOS); returns the
-    new text without the prompt. temperature 0 means greedy decoding. `on_text(str)` receives text as it is produced.
+    new text without the prompt. temperature 0 means greedy decoding. `on_text(str)` receives
+    text as it is produced. `chat`: the prompt is a rendered chat template (no leading bos, as
+    `apply_chat_template` gives none) and the end of a turn stops generation too.
     """
+    from hfmini.chat_template import stop_token_ids
+
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     if seed is not None:
         torch.manual_seed(seed)
     context = model.config.max_position_embeddings
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
-    ids = [tokenizer.bos_token_id] + ids  # GPT-2 style: documents start after <|endoftext|>
+    if not chat:
+        ids = [tokenizer.bos_token_id] + ids  # GPT-2 style: documents start after <|endoftext|>
+    stop = set(stop_token_ids(tokenizer)) if chat else {tokenizer.eos_token_id}
     window = max(1, context // 2)  # tokens of history kept when sliding past the context
     if len(ids) > context - 1:
         logger.warning(
@@ -218,11 +228,11 @@ def generate_text(
             step,
             warpers,
             sample=temperature > 0,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=stop,
             on_token=printer.put if printer else None,
         )
         generated.extend(new)
-        if len(new) < step or new[-1] == tokenizer.eos_token_id:
+        if len(new) < step or new[-1] in stop:
             break  # the model ended the document
         ids = (ids + new)[-window:]
     if printer:

@@ -49,11 +49,19 @@ def target_modules_for(model, requested: list[str] | None) -> list[str] | str:
     return requested
 
 
-def add_lora(model, model_args, gradient_checkpointing: bool = False):
-    """Wrap `model` in peft LoRA adapters (its weights frozen); logs trainable vs. total."""
+def add_lora(
+    model, model_args, gradient_checkpointing: bool = False, new_token_ids: list[int] = ()
+):
+    """Wrap `model` in peft LoRA adapters (its weights frozen); logs trainable vs. total.
+
+    `new_token_ids`: embedding rows added for new tokens, trained as peft's trainable tokens (a
+    delta for those rows only; the tied output layer follows)."""
     from peft import LoraConfig, get_peft_model
 
     targets = target_modules_for(model, model_args.lora_target_modules)
+    embedding = model.get_input_embeddings()
+    embedding_name = next(n for n, m in model.named_modules() if m is embedding).split(".")[-1]
+    token_rows = {embedding_name: list(new_token_ids)} if new_token_ids else None
     if gradient_checkpointing:
         # Recomputed blocks need an input that requires grad, which a frozen embedding is not.
         model.enable_input_require_grads()
@@ -65,6 +73,7 @@ def add_lora(model, model_args, gradient_checkpointing: bool = False):
         # Conv1D stores its weight as (in, out), the transpose of nn.Linear.
         fan_in_fan_out=model.config.model_type == "gpt2",
         task_type="CAUSAL_LM",
+        trainable_token_indices=token_rows,
     )
     model = get_peft_model(model, config)
     trainable, total = model.get_nb_trainable_parameters()

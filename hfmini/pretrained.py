@@ -266,15 +266,18 @@ def load_model(source: ModelSource, dropout: float | None, attn_implementation: 
     return model
 
 
-def fit_to_tokenizer(model, tokenizer, use_peft: bool) -> None:
-    """Give the model the tokenizer's pad id, and embedding rows for every token it can emit."""
+def fit_to_tokenizer(model, tokenizer, model_args) -> list[int]:
+    """Give the model the tokenizer's pad id, and embedding rows for every token it can emit
+    (a chat template's new special tokens, say). Returns the ids of the rows added: LoRA trains
+    just those rows of the otherwise frozen embedding."""
     rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
-        if use_peft:
+    new_ids = list(range(rows, len(tokenizer)))
+    if new_ids:
+        if model_args.use_peft and not model_args.merge_adapters:
             raise HfminiError(
-                f"the tokenizer has {len(tokenizer)} tokens but the model's embedding only "
-                f"{rows}: LoRA keeps the embedding frozen, so the new tokens would never be "
-                "trained; use the model's own tokenizer, or full fine-tuning (drop --use_peft)"
+                f"the tokenizer has {len(new_ids)} more tokens than the model's embedding "
+                f"({len(tokenizer)} vs {rows}): an adapter-only export would not load on the "
+                "unchanged base model; keep merge_adapters true, or use the model's own tokenizer"
             )
         model.resize_token_embeddings(len(tokenizer))
         logger.info(
@@ -282,10 +285,11 @@ def fit_to_tokenizer(model, tokenizer, use_peft: bool) -> None:
             "(initialised to the mean embedding), trained with the rest",
             len(tokenizer),
             rows,
-            len(tokenizer) - rows,
+            len(new_ids),
         )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    return new_ids
 
 
 def load_for_inference(model_dir: str | Path):

@@ -249,8 +249,10 @@ def check_text_column(splits: dict, column: str, where: str) -> None:
             )
 
 
-def load_sources(data_args):
-    """A DatasetDict with 'train', and 'validation' when the source has one; one document a row."""
+def load_raw(data_args) -> tuple:
+    """(DatasetDict with 'train', and 'validation' when the source has one; origins), the rows
+    as the source holds them. `origins` maps a split to (what, files) for error messages:
+    ("train_file", [paths]), or (a dataset name, None)."""
     from datasets import DatasetDict
 
     if data_args.train_file:
@@ -271,7 +273,6 @@ def load_sources(data_args):
         if name in raw:
             splits["validation"] = raw[name]
             break
-    check_text_column(splits, data_args.text_column, "")
     if data_args.train_file:
         names = {"train": "train_file", "validation": "validation_file"}
         origins = {split: (names[split], files) for split, files in data_files.items()}
@@ -280,8 +281,16 @@ def load_sources(data_args):
             f"dataset {data_args.dataset_name}" if data_args.dataset_name else "built-in corpus"
         )
         origins = {split: (source, None) for split in splits}
-    check_text_values(splits, data_args.text_column, origins)
-    return DatasetDict(splits)
+    return DatasetDict(splits), origins
+
+
+def load_sources(data_args):
+    """A DatasetDict with 'train', and 'validation' when the source has one; one document a row
+    in `text_column` (checked)."""
+    raw, origins = load_raw(data_args)
+    check_text_column(raw, data_args.text_column, "")
+    check_text_values(raw, data_args.text_column, origins)
+    return raw
 
 
 def load_validation_files(data_args):
@@ -321,7 +330,7 @@ def check_text_values(splits: dict, column: str, origins: dict) -> None:
         what, files = origins.get(split, (f"the {split} data", None))
         where = f"{what} ({split} split) row {row + 1}"
         if files:
-            file, row = _file_and_row(files, row)
+            file, row = file_and_row(files, row)
             where = f"{what} {file} row {row + 1}"
         shown = json.dumps(value, default=str)
         shown = shown if len(shown) <= 40 else shown[:37] + "..."
@@ -361,7 +370,7 @@ def _first_non_string(ds, column: str) -> tuple[int, object] | None:
     return None
 
 
-def _file_and_row(files: list[str], row: int) -> tuple[str, int]:
+def file_and_row(files: list[str], row: int) -> tuple[str, int]:
     """The file a row of a split read from `files` comes from, and its row in that file (datasets
     reads the files in order). Loads each file alone: only on the error path."""
     from datasets import load_dataset

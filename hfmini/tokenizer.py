@@ -145,6 +145,12 @@ def tokenizer_for_run(model_args, train_chunks, context_length: int, resume_path
     return saved
 
 
+def save_tokenizer(tokenizer, folder: str | Path) -> None:
+    """tokenizer.json and tokenizer_config.json, a chat template inside the latter: the one
+    place every transformers version and serving tool reads it from."""
+    tokenizer.save_pretrained(folder, save_jinja_files=False)
+
+
 def saved_tokenizer_dir(checkpoint: Path) -> Path:
     """A checkpoint keeps its tokenizer beside the weights (older ones: in tokenizer/)."""
     return checkpoint if (checkpoint / "tokenizer.json").is_file() else checkpoint / "tokenizer"

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from hfmini.data import PreparedData
     from hfmini.ema import WeightAverage
+    from hfmini.packing import PreparedExamples
     from hfmini.tracking import RunLogger
 
 logger = logging.getLogger("hfmini")
@@ -76,7 +77,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: LRScheduler
     train_loader: DataLoader
-    data: PreparedData
+    data: PreparedData | PreparedExamples
     tokenizer: PreTrainedTokenizerBase
     token_bytes: torch.Tensor  # (vocab,) UTF-8 bytes per token id, for bits per byte
     run_logger: RunLogger
@@ -100,7 +101,7 @@ def setup(config: Config) -> Run:
     from accelerate.utils import set_seed
 
     from hfmini.checkpoint import save_weights_as_model
-    from hfmini.data import BlockDataset, prepare_data
+    from hfmini.data import prepare_data
     from hfmini.ema import weight_average_for
     from hfmini.model import (
         build_model,
@@ -158,21 +159,24 @@ def setup(config: Config) -> Run:
 
     precision = accelerator.mixed_precision
     attention = attention_for(accelerator.device, precision)
+    new_tokens: list[int] = []
     if source is None:
         model = build_model(config.model, tokenizer, config.context_length(), attention)
     else:
         model = load_model(source, config.model.dropout, attention)
-        fit_to_tokenizer(model, tokenizer, config.model.use_peft)
+        new_tokens = fit_to_tokenizer(model, tokenizer, config.model)
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if config.model.use_peft:
         from hfmini.lora import add_lora
 
-        model = add_lora(model, config.model, args.gradient_checkpointing)
+        model = add_lora(model, config.model, args.gradient_checkpointing, new_tokens)
     per_token = flops_per_token(model, data.block_size)
     optimizer = build_optimizer(model, args)
+    dataset, collate = training_dataset(data)
     loader = torch.utils.data.DataLoader(
-        BlockDataset(data.train_tokens, data.block_size),
+        dataset,
+        collate_fn=collate,
         batch_size=args.per_device_train_batch_size,
         shuffle=True,
         drop_last=True,  # fixed shapes: no recompilation for a ragged last batch
@@ -230,6 +234,19 @@ def setup(config: Config) -> Run:
     return run
 
 
+def training_dataset(data: PreparedData | PreparedExamples):
+    """(dataset, collate_fn) for the DataLoader: fixed blocks of a text stream, or sequences of
+    examples padded per batch."""
+    from functools import partial
+
+    from hfmini.data import BlockDataset
+    from hfmini.packing import PreparedExamples, pad_sequences
+
+    if isinstance(data, PreparedExamples):
+        return data.train, partial(pad_sequences, pad_id=data.pad_id)
+    return BlockDataset(data.train_tokens, data.block_size), None
+
+
 # ---------------------------------------------------------------------------------------------
 # train
 
@@ -255,7 +272,7 @@ def train(run: Run, stop: StopRequest) -> bool:
             if state.batches_in_epoch:  # resuming mid-epoch: skip what this epoch consumed
                 loader = acc.skip_first_batches(loader, state.batches_in_epoch)
             for batch in loader:
-                stepped = training_step(run, batch["input_ids"])
+                stepped = training_step(run, batch)
                 state.batches_in_epoch += 1
                 if not stepped:
                     continue
@@ -287,14 +304,27 @@ def score_start(run: Run, stop: StopRequest) -> bool:
     return True
 
 
-def training_step(run: Run, input_ids: torch.Tensor) -> bool:
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A batch as the model's keyword arguments. Text blocks: every token is a label. Examples:
+    their labels and position ids (which keep packed examples apart), and the loss averaged over
+    the label count clamped to 1, so a micro-batch whose answers were all cut off gives 0, not
+    0/0."""
+    if "labels" not in batch:
+        return {"input_ids": batch["input_ids"], "labels": batch["input_ids"]}
+    labels = batch["labels"]  # (B, T)
+    count = (labels[:, 1:] != -100).sum().clamp(min=1)  # on the device: no host sync
+    return {**batch, "num_items_in_batch": count}
+
+
+def training_step(run: Run, batch: dict[str, torch.Tensor]) -> bool:
     """Forward and backward on one micro-batch (B, T); an optimizer step when accumulation is
     complete. Returns whether an optimizer step happened. No host synchronisation."""
     acc, args, window = run.accelerator, run.config.train, run.window
     with acc.accumulate(run.model):
         # No KV cache in training: building one each forward costs time and, under FSDP with
         # torch.compile, recompiles every block (the cache's layer index differs per block).
-        loss = run.model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+        # Without a cache and an attention_mask, position ids that restart mark packed examples.
+        loss = run.model(**model_inputs(batch), use_cache=False).loss
         acc.backward(loss)
         window.loss_sum += loss.detach()
         window.micro_batches += 1
@@ -412,25 +442,30 @@ def log_training(run: Run, progress) -> None:
 def validate(run: Run, stop: StopRequest, final: bool) -> tuple[dict, list] | None:
     """Score the validation split, sample from the prompts, log both, redraw the loss curve.
     Returns (metrics, [(prompt, sample)]), or None if a signal cut the scoring short."""
-    from hfmini.evaluation import evaluate_stream
+    from hfmini.evaluation import evaluate_examples, evaluate_stream
     from hfmini.generate import generate_text
+    from hfmini.packing import PreparedExamples
     from hfmini.plot import plot_runs
     from hfmini.runtime import inference_model
 
     acc, args = run.accelerator, run.config.train
     started = time.perf_counter()
     model, can_sample_alone = inference_model(acc, run.model, final)
-    metrics = evaluate_stream(
-        model,
-        run.data.eval_tokens,
-        run.data.block_size,
-        args.per_device_eval_batch_size,
-        run.token_bytes,
-        acc,
+    scoring = {
+        "accelerator": acc,
         # The start of a fine-tuning run (step 0) is scored in full, as the end is.
-        max_blocks=None if final or run.state.step == 0 else run.config.data.max_eval_samples,
-        should_stop=lambda: stop_agreed(run, stop),  # multi-process: an all-reduce per batch
-    )
+        "max_blocks": None if final or run.state.step == 0 else run.config.data.max_eval_samples,
+        "should_stop": lambda: stop_agreed(run, stop),  # multi-process: an all-reduce per batch
+    }
+    batch_size = args.per_device_eval_batch_size
+    if isinstance(run.data, PreparedExamples):
+        validation, pad_id = run.data.validation, run.data.pad_id
+        metrics = evaluate_examples(
+            model, validation, pad_id, batch_size, run.token_bytes, **scoring
+        )
+    else:
+        tokens, block_size = run.data.eval_tokens, run.data.block_size
+        metrics = evaluate_stream(model, tokens, block_size, batch_size, run.token_bytes, **scoring)
     if metrics is None:
         return None
     samples = []
@@ -439,10 +474,11 @@ def validate(run: Run, stop: StopRequest, final: bool) -> tuple[dict, list] | No
             text = generate_text(
                 model,
                 run.tokenizer,
-                prompt,
+                sample_prompt(run, prompt),
                 args.sample_max_new_tokens,
                 **SAMPLING_DEFAULTS,
                 seed=args.seed,
+                chat=is_chat(run),
             )
             samples.append((prompt, text))
         model.train()
@@ -470,6 +506,22 @@ def validate(run: Run, stop: StopRequest, final: bool) -> tuple[dict, list] | No
     run.window.started += time.perf_counter() - started
     acc.wait_for_everyone()
     return metrics, samples
+
+
+def is_chat(run: Run) -> bool:
+    """Trained on examples rendered by a chat template."""
+    from hfmini.packing import PreparedExamples
+
+    return isinstance(run.data, PreparedExamples) and bool(run.tokenizer.chat_template)
+
+
+def sample_prompt(run: Run, prompt: str) -> str:
+    """A sample prompt as the model will be used: for a chat run, a user turn and the generation
+    prompt of its chat template; else the text itself."""
+    if not is_chat(run):
+        return prompt
+    messages = [{"role": "user", "content": prompt}]
+    return run.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def save(run: Run) -> Path:

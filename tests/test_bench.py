@@ -55,6 +55,11 @@ def test_bench_runs_and_reports_ratios(tmp_path):
     tune = report["finetuning"]
     assert tune["model"].startswith("mini ") and tune["lora_speedup"] > 0
     assert "finetuning: LoRA step" in result.stdout and "x full fine-tuning" in result.stdout
+    packing = report["packing"]
+    packed, padded = packing["packed, position ids"], packing["one example a sequence, padded"]
+    assert all(p["tokens_per_second"] > 0 for p in packing.values())
+    assert padded["fill"] < packed["fill"] <= 1  # packing wastes fewer positions on padding
+    assert "chat data: packed, position ids" in result.stdout
 
 
 @pytest.mark.slow  # two subprocesses measure peak memory: tens of seconds
