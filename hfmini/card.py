@@ -37,20 +37,23 @@ def build_model_card(
     model_config,
     precision: str,
     base_model: str | None = None,
+    chat: bool = False,
 ) -> ModelCard:
     """The card of a finished run; `precision` is the mixed precision it trained in ("no", "bf16",
     "fp16"), as the run's Accelerator used it; `base_model` the Hub id it was fine-tuned from
-    (None: from scratch, or from a local folder, which the Hub cannot link to)."""
+    (None: from scratch, or from a local folder, which the Hub cannot link to); `chat`: trained
+    on conversations, with a chat template (usage shows messages; scores are of the answers)."""
     data_name, data_text, hub_datasets = describe_data(config.data)
     args = config.train
     kind = config.training_kind()
     adapter = kind == "lora" and not config.model.merge_adapters
     repo = args.hub_model_id or args.output_dir
     model_name = (args.hub_model_id or Path(args.output_dir).name).split("/")[-1]
+    scored = " of the answers" if chat else ""
     metrics = [
-        ("loss", "Validation loss (nats/token)", results["eval_loss"]),
+        ("loss", f"Validation loss{scored} (nats/token)", results["eval_loss"]),
         ("perplexity", "Perplexity", results["perplexity"]),
-        ("bits_per_byte", "Bits per byte", results["bits_per_byte"]),
+        ("bits_per_byte", f"Bits per byte{scored}", results["bits_per_byte"]),
     ]
     before = []
     if "start_bits_per_byte" in results:
@@ -139,6 +142,14 @@ from transformers import pipeline
 
 generate = pipeline("text-generation", model="{repo}")
 print(generate("{(args.sample_prompts or [""])[0]}", max_new_tokens=100)[0]["generated_text"])
+```"""
+    if chat:
+        usage = f"""```python
+from transformers import pipeline
+
+chat = pipeline("text-generation", model="{repo}")  # the chat template is in tokenizer_config.json
+messages = [{{"role": "user", "content": "{(args.sample_prompts or ["Hello"])[0]}"}}]
+print(chat(messages, max_new_tokens=100)[0]["generated_text"][-1]["content"])
 ```"""
     if adapter:
         usage = f"""```python

@@ -606,7 +606,7 @@ def finish(run: Run, stop: StopRequest) -> dict:
             save_model(model, run.tokenizer, folder, config_dict, results, state_dict=state_dict)
             hf_evaluate.save(str(folder), **results, config=config_dict)
             card = (run.config, results, samples, acc.num_processes, model.config)
-            write_model_card(folder, *card, acc.mixed_precision, run.base_model)
+            write_model_card(folder, *card, acc.mixed_precision, run.base_model, chat=is_chat(run))
         logger.info("model saved to %s", out)
         if args.push_to_hub:
             from hfmini.hub import push_folder

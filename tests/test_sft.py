@@ -113,6 +113,8 @@ def test_conversations_train_and_serve_pipeline_with_messages_without_hfmini(
         parse_config(sft_args(tiny_base, out, write_jsonl(tmp_path / "c.jsonl", rows)))
     )
     assert metrics["bits_per_byte"] < metrics["start_bits_per_byte"]
+    card = (out / "README.md").read_text()
+    assert "Bits per byte of the answers" in card and 'chat(messages, max_new_tokens=100)' in card
 
     # The template round-trips through save_pretrained / from_pretrained, in tokenizer_config.json.
     config = json.loads((out / "tokenizer_config.json").read_text())
@@ -515,3 +517,31 @@ def test_hub_datasets_and_parquet_files_take_the_same_formats(tmp_path, capsys):
     assert (
         f"dataset {folder} (train split) row 13: messages message 1 has role 'narrator'" in message
     )
+
+
+def test_resume_on_conversations_is_exact(tiny_base, tmp_path):
+    """The sequences, their order and the labels come back exactly after a resume."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    train = write_jsonl(tmp_path / "c.jsonl", conversation_rows(80))
+    run = ("--per_device_train_batch_size", "4", "--logging_steps", "1", "--dropout", "0.1")
+    full, saved, resumed = tmp_path / "full", tmp_path / "saved", tmp_path / "resumed"
+    run_training(parse_config(sft_args(tiny_base, full, train, 6, *run)))
+    run_training(parse_config(sft_args(tiny_base, saved, train, 6, *run, "--save_steps", "3")))
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(saved / "checkpoints" / "step-3", resumed / "checkpoints" / "step-3")
+    resume = ("--save_steps", "3", "--resume_from_checkpoint", "latest")
+    run_training(parse_config(sft_args(tiny_base, resumed, train, 6, *run, *resume)))
+
+    def losses(out):
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+    assert sorted(losses(resumed)) == [4, 5, 6]
+    assert {s: losses(resumed)[s] for s in (4, 5, 6)} == pytest.approx(
+        {s: losses(full)[s] for s in (4, 5, 6)}, rel=1e-5
+    )
+    a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
