@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import gc
 import json
 import os
@@ -41,6 +42,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+from hfmini.runtime import default_device
 
 if TYPE_CHECKING:
     from hfmini.train import Run
@@ -163,7 +166,7 @@ def bench_training(recipe: str, rounds: int, steps_per_round: int, work_dir: Pat
         "model": f"{config.model.model_size} {config.model.shape()} ctx {config.context_length()}",
         "parameters": sum(p.numel() for p in plain_model.parameters()),
         "batch": list(batch_shape),
-        "torch_compile": config.train.compile_on(torch.cuda.is_available()),
+        "torch_compile": config.train.compile_on(default_device(config.train)),
         "precision": precision.replace("no", "fp32"),
         "attention": run.accelerator.unwrap_model(run.model).config._attn_implementation,
         "hfmini_tokens_per_second": rates["hfmini"],
@@ -332,7 +335,7 @@ def bench_finetuning(
     shape = plain["full"].config
     settings = plain["lora"].peft_config["default"]
     device, precision = runs["full"].accelerator.device, runs["full"].accelerator.mixed_precision
-    compiled = config.train.compile_on(torch.cuda.is_available())
+    compiled = config.train.compile_on(default_device(config.train))
     for run in runs.values():
         run.accelerator.end_training()
     del runs, steps, batches, plain
@@ -507,10 +510,13 @@ def bench_data(recipe: str, work_dir: Path) -> dict:
     tokenizer_seconds = time.perf_counter() - start
 
     datasets.disable_caching()  # measure real tokenization, not a cache read
+    seconds = {}
     try:
-        start = time.perf_counter()
-        tokenize_and_pack(chunks, tokenizer, config.data)
-        tokenize_seconds = time.perf_counter() - start
+        for workers in (1, os.cpu_count() or 1):
+            data_args = dataclasses.replace(config.data, preprocessing_num_workers=workers)
+            start = time.perf_counter()
+            tokenize_and_pack(chunks, tokenizer, data_args)
+            seconds[workers] = time.perf_counter() - start
     finally:
         datasets.enable_caching()
 
@@ -523,7 +529,9 @@ def bench_data(recipe: str, work_dir: Path) -> dict:
     return {
         "train_megabytes": megabytes,
         "tokenizer_training_mb_per_second": megabytes / tokenizer_seconds,
-        "tokenize_and_pack_mb_per_second": megabytes / tokenize_seconds,
+        "tokenize_and_pack_mb_per_second": megabytes / seconds[1],
+        "tokenize_and_pack_all_cores_mb_per_second": megabytes / seconds[max(seconds)],
+        "cores": max(seconds),
         "cold_prepare_seconds": cold_seconds,
         "cached_prepare_seconds": cached_seconds,
     }
@@ -611,7 +619,16 @@ def print_table(results: dict) -> None:
                 f"{data['tokenizer_training_mb_per_second']:.2f} MB/s",
                 f"{data['train_megabytes']:.1f} MB of training text",
             ),
-            ("data: tokenize and pack", f"{data['tokenize_and_pack_mb_per_second']:.2f} MB/s", ""),
+            (
+                "data: tokenize and pack",
+                f"{data['tokenize_and_pack_mb_per_second']:.2f} MB/s",
+                "1 process",
+            ),
+            (
+                "data: tokenize and pack, all cores",
+                f"{data['tokenize_and_pack_all_cores_mb_per_second']:.2f} MB/s",
+                f"preprocessing_num_workers {data['cores']}",
+            ),
             (
                 "data: prepare, cached",
                 f"{data['cached_prepare_seconds']:.2f} s",

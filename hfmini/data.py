@@ -1,14 +1,17 @@
 """Documents in, blocks of token ids out, with `datasets` doing the heavy lifting and the caching.
 
     load_sources (sources.py) ─► chunk (≤ CHUNK_CHARS, cut at blank lines) ─► [hold out a tail
-    for validation] ─► tokenizer (trained on the train chunks, or loaded) ─► tokenize (batched
-    map, num_proc, EOS after each document) ─► pack into blocks
+    for validation] ─► tokenizer (trained on a sample of the train chunks of at most
+    tokenizer_train_bytes, or loaded) ─► tokenize (batched map, num_proc, EOS after each
+    document) ─► token file per split (memory-mapped) ─► pack into blocks
 
 `prepare_data` runs those stages in that order for training; `prepare_eval_tokens` runs them for
-`hfmini eval` with a trained model's tokenizer. Every step before packing is a cached `datasets`
-operation, so a second run on the same inputs reads Arrow files instead of tokenizing again.
-Packing is a reshape of the flat token stream: only the final partial block of the training split
-is dropped (and counted).
+`hfmini eval` with a trained model's tokenizer. Every step up to the token files is cached on
+disk (`datasets` Arrow files, then one flat file of ids per split beside them), so a second run
+on the same inputs reads files instead of tokenizing again, and no stage holds the corpus in
+memory: the token files are read through a memory map, pages shared by every process of the
+machine. Packing is a view of the flat stream: only the final partial block of the training
+split is dropped (and counted).
 """
 
 from __future__ import annotations
@@ -31,14 +34,16 @@ logger = logging.getLogger(__name__)
 # out even from a single text file. Cutting just before a line break leaves the byte-level BPE
 # tokenization unchanged; only a hard cut inside a very long line can change it, at that point.
 CHUNK_CHARS = 4096
+CHUNK_BATCH_DOCUMENTS = 32
 
 
 @dataclass
 class PreparedData:
     """Training blocks and the validation stream, as views into flat int32 token tensors."""
 
-    train_tokens: torch.Tensor  # (n_train_blocks * block_size,) int32
-    eval_tokens: torch.Tensor  # (n_validation_tokens,) int32; scored in blocks, tail included
+    # Memory-mapped token files (uint16, or int32 for vocabularies over 65,536), see token_file.
+    train_tokens: torch.Tensor  # (n_train_blocks * block_size,)
+    eval_tokens: torch.Tensor  # (n_validation_tokens,); scored in blocks, tail included
     block_size: int
     dropped_train_tokens: int  # the final partial block, not trained on
     train_bytes: int  # UTF-8 bytes of training text, for throughput figures
@@ -48,10 +53,13 @@ class PreparedData:
         return self.train_tokens.numel() // self.block_size
 
     def fingerprint(self) -> str:
-        """A hash of both token streams, to tell data apart on resume. One pass over the tokens."""
+        """A hash of both token streams as int32, to tell data apart on resume. One pass over the
+        tokens, a slice at a time (memory stays flat; about a second per GB of tokens)."""
         digest = hashlib.sha256()
+        step = 1 << 24
         for tokens in (self.train_tokens, self.eval_tokens):
-            digest.update(tokens.numpy().tobytes())
+            for start in range(0, tokens.numel(), step):
+                digest.update(tokens[start : start + step].to(torch.int32).numpy().tobytes())
         return digest.hexdigest()[:16]
 
 
@@ -121,6 +129,9 @@ def chunk_documents(raw, text_column: str, num_proc: int | None):
         return raw.map(
             _chunk_batch,
             batched=True,
+            # Documents, not chunks: a batch of whole .txt files is held in memory at once, so
+            # it is kept small (datasets' default of 1000 rows could be gigabytes).
+            batch_size=CHUNK_BATCH_DOCUMENTS,
             # max_chars travels in fn_kwargs so that it is part of the cache fingerprint.
             fn_kwargs={"text_column": text_column, "max_chars": CHUNK_CHARS},
             remove_columns=next(iter(raw.values())).column_names,
@@ -223,6 +234,59 @@ def _map_cache_space(splits, what: str):
         raise datasets_cache_full(what) from None
 
 
+# Token files: a split's token ids, flat, beside its Arrow cache. Read through a memory map, so the
+# pages are the OS's page cache, shared by every process on the machine and dropped under memory
+# pressure: a corpus larger than RAM trains with the process's own memory flat.
+TOKEN_FILE_BATCH_ROWS = 10_000  # rows converted per write: a few MB of ids at a time
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 while every id fits (GPT-2's 50,257 do), as nanoGPT stores them; else int32."""
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.int32)
+
+
+def token_file(tokenized, vocab_size: int) -> torch.Tensor:
+    """A tokenized split's ids as one memory-mapped tensor (n_tokens,), written once beside the
+    split's Arrow cache and read in place afterwards (a second run, another process).
+
+    A split held in memory (no cache file) is flattened in memory instead."""
+    if not tokenized.cache_files:
+        return flat_tokens(tokenized)
+    dtype = token_dtype(vocab_size)
+    folder = Path(tokenized.cache_files[0]["filename"]).parent
+    path = folder / f"tokens-{tokenized._fingerprint}-{dtype.name}.bin"
+    if not path.is_file():
+        _write_token_file(tokenized, path, dtype)
+    if path.stat().st_size == 0:
+        return torch.zeros(0, dtype=torch.int32)
+    # Copy-on-write: the array is writable for torch (no warning), the file is never written.
+    return torch.from_numpy(np.memmap(path, dtype=dtype, mode="c"))
+
+
+def _write_token_file(tokenized, path: Path, dtype: np.dtype) -> None:
+    """Stream the ids into `path` (via a temporary file and a rename: a concurrent reader never
+    sees half a file). Memory: one batch of rows at a time."""
+    import os
+
+    import pyarrow.compute as pc
+
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        with tmp.open("wb") as handle:
+            arrow = tokenized.with_format("arrow")
+            for batch in arrow.iter(batch_size=TOKEN_FILE_BATCH_ROWS):
+                values = pc.list_flatten(batch["input_ids"]).to_numpy(zero_copy_only=False)
+                handle.write(values.astype(dtype, copy=False).tobytes())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if disk_full(err):
+            from hfmini.sources import datasets_cache_full
+
+            raise datasets_cache_full("the token files") from None
+        raise
+
+
 def flat_tokens(tokenized) -> torch.Tensor:
     """All token ids of a tokenized split, concatenated: (n_tokens,) int32.
 
@@ -258,6 +322,29 @@ def text_bytes(chunks) -> int:
     return int(pc.sum(pc.binary_length(column)).as_py() or 0)
 
 
+def tokenizer_sample(train_chunks, model_args, resume_path: Path | None = None):
+    """The train chunks a new tokenizer learns from: all of them up to tokenizer_train_bytes,
+    else every k-th chunk (spread over the whole split) to about that many bytes. Logged."""
+    budget = model_args.tokenizer_train_bytes
+    trains_one = model_args.tokenizer_name is None and model_args.from_scratch
+    if not trains_one or resume_path is not None or budget == 0:
+        return train_chunks
+    total = text_bytes(train_chunks)
+    if total <= budget:
+        return train_chunks
+    stride = -(-total // budget)  # ceil
+    sample = train_chunks.select(range(0, train_chunks.num_rows, stride))
+    logger.info(
+        "tokenizer: trains on every %d-th chunk, %.1f MB of the %.1f MB of training text "
+        "(tokenizer_train_bytes %d)",
+        stride,
+        text_bytes(sample) / 1e6,
+        total / 1e6,
+        budget,
+    )
+    return sample
+
+
 def chunk_and_split(raw, data_args):
     """Documents → chunks, with a validation split held out when the source has none."""
     chunks = chunk_documents(raw, data_args.text_column, data_args.preprocessing_num_workers)
@@ -268,8 +355,10 @@ def tokenize_and_pack(chunks, tokenizer, data_args) -> PreparedData:
     """Tokenize both splits (cached) and pack the training split into blocks."""
     block_size = data_args.block_size
     tokenized = tokenize_chunks(chunks, tokenizer, data_args.preprocessing_num_workers)
-    train_tokens, dropped = pack(flat_tokens(tokenized["train"]), block_size, "train")
-    eval_tokens = flat_tokens(tokenized["validation"])
+    train_tokens, dropped = pack(
+        token_file(tokenized["train"], len(tokenizer)), block_size, "train"
+    )
+    eval_tokens = token_file(tokenized["validation"], len(tokenizer))
     if eval_tokens.numel() < block_size:
         raise HfminiError(
             f"the validation split has {eval_tokens.numel()} tokens, fewer than one block of "
@@ -295,15 +384,18 @@ def prepare_data(config, resume_path: Path | None = None) -> tuple[PreparedData,
     from hfmini.sources import check_text_column, check_text_values, load_raw
     from hfmini.tokenizer import tokenizer_for_run
 
+    if config.data.streaming:
+        from hfmini.streaming import prepare_stream
+
+        return prepare_stream(config, resume_path)
     raw, origins = load_raw(config.data)
     if data_format(raw["train"].column_names, config.data.text_column) != "language_modeling":
         return prepare_examples(config, raw, origins, resume_path)
     check_text_column(raw, config.data.text_column, "")
     check_text_values(raw, config.data.text_column, origins)
     chunks = chunk_and_split(raw, config.data)
-    tokenizer = tokenizer_for_run(
-        config.model, chunks["train"], config.context_length(), resume_path
-    )
+    sample = tokenizer_sample(chunks["train"], config.model, resume_path)
+    tokenizer = tokenizer_for_run(config.model, sample, config.context_length(), resume_path)
     return tokenize_and_pack(chunks, tokenizer, config.data), tokenizer
 
 

@@ -73,8 +73,10 @@ def _score(model, groups: list, run_by_all: int, make_batch, token_bytes, accele
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    token_bytes = token_bytes.to(device)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # nll, predicted tokens, bytes
+    # float64 sums, except on Apple's MPS, which has no float64.
+    dtype = torch.float32 if device.type == "mps" else torch.float64
+    token_bytes = token_bytes.to(device, dtype)
+    sums = torch.zeros(3, dtype=dtype, device=device)  # nll, predicted tokens, bytes
     for i, group in enumerate(groups):
         if should_stop is not None and i < run_by_all and should_stop():
             model.train(was_training)
@@ -89,9 +91,9 @@ def _score(model, groups: list, run_by_all: int, make_batch, token_bytes, accele
         )
         sums += torch.stack(
             [
-                nll.double(),
-                scored.sum().double(),
-                token_bytes[targets.clamp(min=0)][scored].sum().double(),
+                nll.to(dtype),
+                scored.sum().to(dtype),
+                token_bytes[targets.clamp(min=0)][scored].sum(),
             ]
         )
     if accelerator is not None and accelerator.num_processes > 1:

@@ -33,11 +33,13 @@ def load_model_and_tokenizer(model_dir: str | Path, device: str | None = None):
 
     The files are checked first (`hfmini.pretrained.check_model_folder`), so that a damaged or
     foreign folder is a one-line error rather than a traceback from deep inside transformers.
+    `device`: "cuda", "mps" or "cpu"; default CUDA, else Apple silicon (MPS), else the CPU.
     """
     from hfmini.pretrained import load_for_inference
+    from hfmini.runtime import default_device
 
     model, tokenizer = load_for_inference(model_dir)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     return model.to(device).eval(), tokenizer
 
 

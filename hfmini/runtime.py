@@ -1,7 +1,9 @@
-"""The process a run lives in: the Accelerator, CPU threads and logging.
+"""The process a run lives in: the device, the Accelerator, CPU threads and logging.
 
-On a GPU machine this is Accelerate's usual set-up (plus TF32); on a CPU machine it makes sure
-that several processes form one gloo job and that each uses its share of the cores.
+The device is CUDA, else Apple silicon (MPS), else the CPU (`default_device`; use_cpu forces the
+CPU). On CUDA this is Accelerate's usual set-up (plus TF32); on MPS Accelerate's single-process
+one; on a CPU machine it makes sure that several processes form one gloo job and that each uses
+its share of the cores.
 """
 
 from __future__ import annotations
@@ -11,20 +13,30 @@ import os
 
 import torch
 
-from hfmini.config import Config
+from hfmini.config import Config, TrainArguments
+from hfmini.errors import HfminiError
 from hfmini.interrupt import launched
 
 logger = logging.getLogger("hfmini")
 
 
-def use_all_cpu_cores() -> None:
-    """Undo the launchers' one-thread default for CPU training.
+def default_device(args: TrainArguments | None = None) -> str:
+    """Where to train with `args` (its use_cpu forces the CPU) or, without, to sample: "cuda",
+    else "mps" (Apple silicon), else "cpu". Accelerate picks the same unless told cpu=True."""
+    args = args if args is not None else TrainArguments()
+    return args.device_on(torch.cuda.is_available(), torch.backends.mps.is_available())
+
+
+def use_all_cpu_cores(device: str | None = None) -> None:
+    """Undo the launchers' one-thread default for CPU training on `device` (default: this
+    machine's `default_device()`).
 
     `accelerate launch` (and torchrun) set OMP_NUM_THREADS=1 for every process they start; on a
     CPU-only machine that leaves all but one core idle (on 2 cores it cost close to half the
     tokens/s). When a launcher set it, give each local process its share of the cores instead.
     """
-    if torch.cuda.is_available() or not launched() or os.environ.get("OMP_NUM_THREADS") != "1":
+    device = device or default_device()
+    if device != "cpu" or not launched() or os.environ.get("OMP_NUM_THREADS") != "1":
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = max(1, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -51,57 +63,98 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return False
 
 
-def training_precision(args) -> str:
-    """accelerate's mixed_precision for this machine: "bf16", "fp16" or "no" (fp32)."""
-    on_gpu = torch.cuda.is_available()
-    native = torch.cuda.is_bf16_supported() if on_gpu else cpu_has_native_bf16()
-    return args.precision_on(on_gpu, native)
+def mps_has_bf16() -> bool:
+    """Apple's GPU computes bf16 from macOS 14; Accelerate's bf16 autocast on it, from torch 2.6."""
+    from accelerate.utils import is_torch_version
+
+    return torch.backends.mps.is_macos_or_newer(14, 0) and is_torch_version(">=", "2.6.0")
+
+
+def bf16_native_on(device: str) -> bool:
+    """`precision_on`'s bf16_native for `device`: bf16 matmuls in hardware (CUDA, CPU), or on
+    MPS bf16 at all."""
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device == "mps":
+        return mps_has_bf16()
+    return cpu_has_native_bf16()
+
+
+def training_precision(args: TrainArguments, device: str | None = None) -> str:
+    """accelerate's mixed_precision on `device` (default: where `args` trains on this machine):
+    "bf16", "fp16" or "no" (fp32)."""
+    device = device or default_device(args)
+    return args.precision_on(device, bf16_native_on(device))
 
 
 def attention_for(device: torch.device, precision: str) -> str:
     """transformers' attention implementation for training on `device` in `precision`.
 
-    sdpa (PyTorch's fused kernel) everywhere except bf16 on a CPU: there the CPU flash-attention
-    backward in bf16 is several times slower than in fp32 at small head sizes, which cancels the
-    bf16 matmul gain; plain matmul-softmax-matmul attention keeps it (docs/results.md has the
-    figures). Only the training process uses it: the saved config does not record it, so loaded
-    models use sdpa.
+    sdpa (PyTorch's fused kernel, on CUDA, MPS and CPU) everywhere except bf16 on a CPU: there
+    the CPU flash-attention backward in bf16 is several times slower than in fp32 at small head
+    sizes, which cancels the bf16 matmul gain; plain matmul-softmax-matmul attention keeps it
+    (docs/results.md has the figures). Only the training process uses it: the saved config does
+    not record it, so loaded models use sdpa.
     """
     return "eager" if device.type == "cpu" and precision == "bf16" else "sdpa"
 
 
+def check_processes(device: str, processes: int) -> None:
+    """Refuse several processes on MPS: a Mac has one GPU and Accelerate has no MPS backend to
+    join them, so each would train alone on the same data."""
+    if device == "mps" and processes > 1:
+        raise HfminiError(
+            f"Apple MPS trains in one process, but {processes} were launched: run "
+            "`python recipes/train.py ...` without a launcher, or add --use_cpu true for one "
+            "data-parallel job on the CPU"
+        )
+
+
 def make_accelerator(config: Config):
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
+    from accelerate.utils import DataLoaderConfiguration, get_int_from_env
 
     from hfmini.tracking import prepare_wandb_mode, resolve_trackers
 
     args = config.train
-    on_gpu = torch.cuda.is_available()
-    if on_gpu:  # TF32 matmuls and convolutions: several times fp32 throughput on Ampere and later
+    device = default_device(args)
+    # The variables by which Accelerate counts processes (torchrun, mpirun, MPICH, MVAPICH).
+    check_processes(
+        device,
+        get_int_from_env(
+            ["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1
+        ),
+    )
+    if device == "cuda":  # TF32 matmuls and convolutions: several times fp32 on Ampere and later
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    precision = training_precision(args)
-    if args.mixed_precision == "fp16" and not on_gpu:
+    precision = training_precision(args, device)
+    if args.mixed_precision == "fp16" and device == "cpu":
         logger.warning("mixed_precision fp16 needs a GPU: training in fp32 on the CPU")
-    if args.mixed_precision == "bf16" and not on_gpu and not cpu_has_native_bf16():
+    if args.mixed_precision == "bf16" and device == "cpu" and not cpu_has_native_bf16():
         logger.warning(
             "this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 is emulated and slower than "
             "fp32; use --mixed_precision no"
+        )
+    if args.mixed_precision == "bf16" and device == "mps" and precision == "no":
+        logger.warning(
+            "bf16 on Apple MPS needs macOS 14 and torch 2.6 or later: training in fp32; "
+            "--mixed_precision fp16 also works on MPS"
         )
     trackers = resolve_trackers(args.trackers_requested())
     if "wandb" in trackers:
         prepare_wandb_mode()
     return Accelerator(
-        # On a machine without a GPU, cpu=True makes several processes (torchrun, mpirun) form one
-        # gloo data-parallel job instead of running as independent single-process copies.
-        cpu=not on_gpu,
+        # On the CPU, cpu=True makes several processes (torchrun, mpirun) form one gloo
+        # data-parallel job instead of running as independent single-process copies. Without it
+        # Accelerate picks CUDA or MPS itself, as default_device did.
+        cpu=device == "cpu",
         mixed_precision=precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=trackers or None,
         project_dir=args.output_dir,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        dynamo_backend="inductor" if args.compile_on(on_gpu) else "no",
+        dynamo_backend="inductor" if args.compile_on(device) else "no",
     )
 
 
@@ -124,11 +177,16 @@ def configure_logging(accelerator) -> None:
 
 
 def peak_memory_bytes(device: torch.device) -> int:
-    """The most memory the run has held: allocated tensors on a GPU; on a CPU the process's peak
-    resident size, which also counts Python, torch and the data (Linux: VmHWM, which
-    `reset_peak_memory` can restart; elsewhere getrusage's lifetime peak)."""
+    """The most memory the run has held: allocated tensors on CUDA; on MPS what Metal holds for
+    the process now; on a CPU the process's peak resident size, which also counts Python, torch
+    and the data (Linux: VmHWM, which `reset_peak_memory` can restart; elsewhere getrusage's
+    lifetime peak)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
+    if device.type == "mps":
+        # MPS keeps no peak; its allocator caches freed blocks (until memory pressure or
+        # `reset_peak_memory`), so what Metal holds at the end of a run is close to the peak.
+        return torch.mps.driver_allocated_memory()
     try:
         with open("/proc/self/status") as status:
             for line in status:
@@ -144,9 +202,13 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 def reset_peak_memory(device: torch.device) -> None:
-    """Start `peak_memory_bytes` afresh from what is held now (CUDA; Linux, via clear_refs)."""
+    """Start `peak_memory_bytes` afresh from what is held now (CUDA; MPS, by releasing the
+    allocator's cached blocks; Linux, via clear_refs)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    if device.type == "mps":
+        torch.mps.empty_cache()
         return
     try:
         with open("/proc/self/clear_refs", "w") as refs:

@@ -2,6 +2,7 @@
 
     train_file / validation_file ─► expand folders, check format and readability, count bad UTF-8
     dataset_name                 ─► datasets.load_dataset (Hub, or its local cache when offline)
+    dataset_mixture              ─► each source as above, weighted and concatenated (mixture.py)
     neither                      ─► the built-in Shakespeare plays, written once as JSON lines
                                  ─► DatasetDict {"train", maybe "validation"}: one document a row
 
@@ -194,12 +195,12 @@ def load_local(data_files: dict[str, list[str]]):
         datasets_logger.setLevel(level)
 
 
-def _load_hub(name: str, config_name: str | None):
+def _load_hub(name: str, config_name: str | None, streaming: bool = False):
     import datasets
     from datasets import load_dataset
 
     try:
-        return load_dataset(name, config_name)
+        return load_dataset(name, config_name, streaming=streaming)
     except Exception as err:
         reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
         if datasets.config.HF_HUB_OFFLINE or datasets.config.HF_DATASETS_OFFLINE:
@@ -252,9 +253,13 @@ def check_text_column(splits: dict, column: str, where: str) -> None:
 def load_raw(data_args) -> tuple:
     """(DatasetDict with 'train', and 'validation' when the source has one; origins), the rows
     as the source holds them. `origins` maps a split to (what, files) for error messages:
-    ("train_file", [paths]), or (a dataset name, None)."""
+    ("train_file", [paths]), (a dataset name, None), or ("dataset_mixture", None)."""
     from datasets import DatasetDict
 
+    if data_args.dataset_mixture:
+        from hfmini.mixture import load_mixture
+
+        return load_mixture(data_args)
     if data_args.train_file:
         data_files = {"train": expand_data_files(data_args.train_file, "train_file")}
         if data_args.validation_file:

@@ -36,14 +36,15 @@ def measure_peak_flops(
 
 def peak_flops(device: torch.device, precision: str = "no") -> float:
     """The MFU denominator: the data-sheet bf16 peak for known GPUs, else the measured matmul
-    peak in the dtype training multiplies in (bf16 for mixed precision "bf16", else fp32)."""
+    peak in the dtype training multiplies in (bf16 for mixed precision "bf16", fp16 for "fp16"
+    on MPS, else fp32)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, value in KNOWN_GPU_PEAKS.items():
             if key in name:
                 return value
         return measure_peak_flops(device, torch.bfloat16, size=4096)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     return measure_peak_flops(device, dtype)
 
 
@@ -54,3 +55,5 @@ def mfu(flops_per_token: float, tokens_per_second: float, peak: float) -> float:
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":  # Metal kernels are asynchronous too
+        torch.mps.synchronize()

@@ -157,6 +157,19 @@ def log_run_start(config, accelerator, data, model, total_steps: int) -> None:
         "all" if trainable == total else f"{trainable / 1e6:.2f}M ({100 * trainable / total:.2f}%)",
     )
     train_tokens = data.train_tokens.numel()
+    if data.num_train_blocks is None:  # streaming: the training data is read as training goes
+        logger.info(
+            "data: streamed in blocks of %d tokens (each process its own part), %d validation "
+            "tokens",
+            data.block_size,
+            data.eval_tokens.numel(),
+        )
+    else:
+        _log_prepared(data, train_tokens)
+    _log_batch(config, accelerator, data, tokens_per_step, total_steps)
+
+
+def _log_prepared(data, train_tokens: int) -> None:
     logger.info(
         "data: %d training blocks of %d tokens (%.2fM tokens, %.2f bytes/token), %d validation "
         "tokens",
@@ -166,6 +179,9 @@ def log_run_start(config, accelerator, data, model, total_steps: int) -> None:
         data.train_bytes / max(1, train_tokens + data.dropped_train_tokens),
         data.eval_tokens.numel(),
     )
+
+
+def _log_batch(config, accelerator, data, tokens_per_step: int, total_steps: int) -> None:
     logger.info(
         "processes: %d (%s on %s); global batch: %d per device × %d accumulation × %d processes "
         "= %d blocks = %d tokens per optimizer step; %d steps (%.2fM tokens)",

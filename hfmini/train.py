@@ -144,7 +144,7 @@ def setup(config: Config) -> Run:
             "optimizer state is small), or drop --use_peft"
         )
     configure_logging(accelerator)
-    use_all_cpu_cores()
+    use_all_cpu_cores(accelerator.device.type)
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:  # run_training's lock made it already; bench calls setup alone
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -173,18 +173,9 @@ def setup(config: Config) -> Run:
         model = add_lora(model, config.model, args.gradient_checkpointing, new_tokens)
     per_token = flops_per_token(model, data.block_size)
     optimizer = build_optimizer(model, args)
-    dataset, collate = training_dataset(data)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        collate_fn=collate,
-        batch_size=args.per_device_train_batch_size,
-        shuffle=True,
-        drop_last=True,  # fixed shapes: no recompilation for a ragged last batch
-        # Its own generator: starting an epoch (or a resumed one) then draws nothing from the
-        # global RNG, whose restored state must go to dropout exactly as in an unbroken run.
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    if len(loader) == 0:
+    loader = training_loader(data, args)
+    streaming = is_streaming(data)
+    if not streaming and len(loader) == 0:
         raise HfminiError(
             f"the train split has {data.num_train_blocks} blocks, fewer than one batch of "
             f"{args.per_device_train_batch_size}: lower per_device_train_batch_size or block_size"
@@ -192,14 +183,21 @@ def setup(config: Config) -> Run:
     if args.overwrite_output_dir and accelerator.is_main_process:
         clear_previous_run(output_dir)  # only now that the data, model and batch are known good
     accelerator.wait_for_everyone()
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if streaming:  # each process reads its own part of the stream: no sharding by accelerate
+        model, optimizer = accelerator.prepare(model, optimizer)
+    else:
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     save_weights_as_model(accelerator, tokenizer)
-    total_steps = config.total_train_steps(len(loader))
+    total_steps = config.total_train_steps(0 if streaming else len(loader))
     # Not prepared: accelerate would step a prepared scheduler once per process.
     scheduler = build_scheduler(optimizer, args, total_steps)
     state = TrainState(settings=training_settings(config), data_fingerprint=fingerprint)
     if resume_path is not None:
         state = load_checkpoint(accelerator, resume_path, scheduler)
+        if streaming:
+            from hfmini.checkpoint import load_stream_state
+
+            data.stream.load_state_dict(load_stream_state(resume_path, accelerator))
         state.settings = training_settings(config)  # a longer constant schedule may differ
         if accelerator.is_main_process:
             truncate_metrics_after(output_dir, state.step)
@@ -234,17 +232,37 @@ def setup(config: Config) -> Run:
     return run
 
 
-def training_dataset(data: PreparedData | PreparedExamples):
-    """(dataset, collate_fn) for the DataLoader: fixed blocks of a text stream, or sequences of
-    examples padded per batch."""
+def is_streaming(data) -> bool:
+    return data.num_train_blocks is None
+
+
+def training_loader(data, args) -> torch.utils.data.DataLoader:
+    """The DataLoader of a run: blocks of the prepared token stream, sequences of examples padded
+    per batch, or blocks of a stream read as training goes (in this process: its position is the
+    run's)."""
     from functools import partial
 
     from hfmini.data import BlockDataset
     from hfmini.packing import PreparedExamples, pad_sequences
 
+    size = args.per_device_train_batch_size
+    # Its own generator: starting an epoch (or a resumed one) then draws nothing from the global
+    # RNG, whose restored state must go to dropout exactly as in an unbroken run.
+    generator = torch.Generator().manual_seed(args.seed)
+    if is_streaming(data):
+        return torch.utils.data.DataLoader(data.stream, batch_size=size, generator=generator)
+    collate = None
+    dataset = BlockDataset(data.train_tokens, data.block_size)
     if isinstance(data, PreparedExamples):
-        return data.train, partial(pad_sequences, pad_id=data.pad_id)
-    return BlockDataset(data.train_tokens, data.block_size), None
+        dataset, collate = data.train, partial(pad_sequences, pad_id=data.pad_id)
+    return torch.utils.data.DataLoader(
+        dataset,
+        collate_fn=collate,
+        batch_size=size,
+        shuffle=True,
+        drop_last=True,  # fixed shapes: no recompilation for a ragged last batch
+        generator=generator,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,12 +284,16 @@ def train(run: Run, stop: StopRequest) -> bool:
     )
     run.window.started = started = time.perf_counter()
     try:  # close the bar first, so an error message is the last line the user sees
+        streaming = is_streaming(run.data)
         while state.step < run.total_steps:
-            run.train_loader.set_epoch(state.epoch)
             loader = run.train_loader
-            if state.batches_in_epoch:  # resuming mid-epoch: skip what this epoch consumed
-                loader = acc.skip_first_batches(loader, state.batches_in_epoch)
+            if not streaming:  # a stream restores its own position (setup)
+                loader.set_epoch(state.epoch)
+                if state.batches_in_epoch:  # resuming mid-epoch: skip what this epoch consumed
+                    loader = acc.skip_first_batches(loader, state.batches_in_epoch)
             for batch in loader:
+                if streaming:
+                    batch = {k: v.to(acc.device) for k, v in batch.items()}
                 stepped = training_step(run, batch)
                 state.batches_in_epoch += 1
                 if not stepped:
@@ -427,7 +449,11 @@ def log_training(run: Run, progress) -> None:
             run.flops_per_token, tokens_per_second / acc.num_processes, run.peak_flops
         ),
         "train/tokens_seen": state.tokens_seen,
-        "train/epoch": state.epoch + state.batches_in_epoch / max(1, len(run.train_loader)),
+        "train/epoch": (
+            run.data.stream.passes
+            if is_streaming(run.data)
+            else state.epoch + state.batches_in_epoch / max(1, len(run.train_loader))
+        ),
     }
     run.run_logger.log(metrics, step=state.step)
     progress.set_postfix(
@@ -539,6 +565,7 @@ def save(run: Run) -> Path:
         args.save_total_limit,
         run.ema,
         run.config.to_dict(),
+        stream=run.data.stream if is_streaming(run.data) else None,
     )
     logger.info("checkpoint saved: %s", path)
     if args.push_to_hub and args.hub_strategy == "every_save" and run.accelerator.is_main_process:

@@ -6,11 +6,12 @@ from hfmini.errors import HfminiError
 
 RECIPES = sorted((REPO / "recipes").glob("*/*.yaml"))
 RECIPES = [p for p in RECIPES if p.parent.name != "accelerate_configs"]
+GPT2_SMALL = REPO / "recipes" / "gpt2-small" / "config.yaml"
 
 
 def test_recipes_exist():
     names = {f"{p.parent.name}/{p.stem}" for p in RECIPES}
-    assert {"shakespeare/config", "tiny/config", "tiny/finetune"} <= names
+    assert {"shakespeare/config", "tiny/config", "tiny/finetune", "gpt2-small/config"} <= names
     assert {f"play-groups/{run}" for run in ("base", "scratch", "full", "lora")} <= names
 
 
@@ -23,6 +24,26 @@ def test_every_recipe_parses(recipe):
     # The top comment states the command that runs it.
     head = recipe.read_text().splitlines()[:6]
     assert any("recipes/train.py" in line or "make train" in line for line in head)
+
+
+def test_gpt2_small_recipe_is_the_reproductions_run():
+    """GPT-2 124M's shape, context and tokenizer; 2^19 tokens per optimizer step on the 8 GPUs of
+    its launch command (and on 2 or 4 nodes with the overrides its header names); 10B tokens."""
+    config = parse_config(["--config", str(GPT2_SMALL)])
+    assert config.model.from_scratch and config.model.tokenizer_name == "gpt2"
+    assert config.model.shape() == (12, 12, 768) and config.context_length() == 1024
+    assert config.tokens_per_step(num_processes=8) == 2**19 == 524_288
+    assert config.train.max_steps * 2**19 == pytest.approx(10e9, rel=1e-4)
+    two_nodes = ["--gradient_accumulation_steps", "1"]
+    four_nodes = [*two_nodes, "--per_device_train_batch_size", "16"]
+    for overrides, processes in ((two_nodes, 16), (four_nodes, 32)):
+        scaled = parse_config(["--config", str(GPT2_SMALL), *overrides])
+        assert scaled.tokens_per_step(num_processes=processes) == 2**19
+    # The commands in its header name files that exist.
+    header = [line for line in GPT2_SMALL.read_text().splitlines() if line.startswith("#")]
+    named = {word for line in header for word in line.split() if word.startswith("recipes/")}
+    assert "recipes/accelerate_configs/ddp.yaml" in named
+    assert all((REPO / path).is_file() for path in named), named
 
 
 def test_precedence_cli_over_yaml_over_defaults(tmp_path):
@@ -40,20 +61,20 @@ def test_yaml_booleans_and_nulls(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("torch_compile: true\nn_layer: null\nmax_eval_samples: null\n")
     config = parse_config(["--config", str(recipe)])
-    assert config.train.torch_compile == "true" and config.train.compile_on(on_gpu=False)
-    assert parse_config([]).train.compile_on(on_gpu=True)  # auto: on with CUDA
+    assert config.train.torch_compile == "true" and config.train.compile_on("cpu")
+    assert parse_config([]).train.compile_on("cuda")  # auto: on with CUDA
     # auto on a CPU: only for runs long enough to earn back the warm-up
-    assert not parse_config(["--max_steps", "999"]).train.compile_on(on_gpu=False)
-    assert parse_config(["--max_steps", "1000"]).train.compile_on(on_gpu=False)
-    assert not parse_config(["--max_steps", "-1"]).train.compile_on(on_gpu=False)
-    assert not parse_config(["--torch_compile", "false"]).train.compile_on(on_gpu=True)
+    assert not parse_config(["--max_steps", "999"]).train.compile_on("cpu")
+    assert parse_config(["--max_steps", "1000"]).train.compile_on("cpu")
+    assert not parse_config(["--max_steps", "-1"]).train.compile_on("cpu")
+    assert not parse_config(["--torch_compile", "false"]).train.compile_on("cuda")
     auto = parse_config([]).train
-    assert auto.precision_on(on_gpu=True, bf16_native=True) == "bf16"
-    assert auto.precision_on(on_gpu=False, bf16_native=True) == "bf16"  # AVX512-BF16/AMX CPU
-    assert auto.precision_on(on_gpu=False, bf16_native=False) == "no"
+    assert auto.precision_on("cuda", bf16_native=True) == "bf16"
+    assert auto.precision_on("cpu", bf16_native=True) == "bf16"  # AVX512-BF16/AMX CPU
+    assert auto.precision_on("cpu", bf16_native=False) == "no"
     fp16 = parse_config(["--mixed_precision", "fp16"]).train
-    assert fp16.precision_on(on_gpu=False, bf16_native=True) == "no"
-    assert fp16.precision_on(on_gpu=True, bf16_native=True) == "fp16"
+    assert fp16.precision_on("cpu", bf16_native=True) == "no"
+    assert fp16.precision_on("cuda", bf16_native=True) == "fp16"
     assert config.model.n_layer is None
 
 

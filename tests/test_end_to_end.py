@@ -6,7 +6,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import BIN, REPO, TINY_RECIPE, TRAIN_SCRIPT, launch_command
+from conftest import BIN, REPO, TINY_RECIPE, TRAIN_SCRIPT, launch_command, write_lines
+
+GPT2_SMALL = REPO / "recipes" / "gpt2-small" / "config.yaml"
+# GPT-2 small's parameters with the input and output embeddings tied (counted once): the "124M".
+GPT2_124M_PARAMETERS = 124_439_808
 
 LOAD_WITHOUT_HFMINI = """
 import sys
@@ -117,3 +121,87 @@ def test_errors_are_one_line_without_traceback(tmp_path):
         .splitlines()[-1]
         .startswith("error: unknown config key 'learning_rte'")
     )
+
+
+def gpt2_sized_tokenizer(folder):
+    """A stand-in for GPT-2's tokenizer, which an offline test cannot download, of its size: a
+    byte-level BPE of 256 byte symbols, 50,000 merges and <|endoftext|> as token 50,256 (bos, eos
+    and unk; no pad token, as GPT-2's). Its merges are byte pairs in a fixed order, not GPT-2's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    symbols = sorted(pre_tokenizers.ByteLevel.alphabet())  # a printable stand-in for each byte
+    vocab = {symbol: i for i, symbol in enumerate(symbols)}
+    merges = [(a, b) for a in symbols for b in symbols][:50_000]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    eos = "<|endoftext|>"
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token=eos, eos_token=eos, unk_token=eos
+    )
+    assert len(tokenizer) == 50_257 and tokenizer.eos_token_id == 50_256
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_gpt2_small_recipe_trains_gpt2_124m(tmp_path):
+    """The GPT-2 124M recipe as shipped, under `accelerate launch` (one CPU process here), with only
+    what needs the network, a GPU or hours replaced: local text for FineWeb-Edu, a tokenizer of
+    GPT-2's size for GPT-2's, fp32 and eager for bf16 and compile, two steps of one block. The
+    model it exports has GPT-2 124M's shape and exact parameter count and loads without hfmini."""
+    out = tmp_path / "gpt2-small"
+    result = run(
+        launch_command(
+            "--config",
+            str(GPT2_SMALL),
+            "--dataset_name",
+            "",  # unset: the local files below instead of the Hub dataset
+            "--train_file",
+            str(write_lines(tmp_path / "train.txt", 400)),
+            "--validation_file",
+            str(write_lines(tmp_path / "val.txt", 50, seed=4)),
+            "--preprocessing_num_workers",
+            "1",
+            "--tokenizer_name",
+            str(gpt2_sized_tokenizer(tmp_path / "tokenizer")),
+            "--per_device_train_batch_size",
+            "1",
+            "--gradient_accumulation_steps",
+            "1",
+            "--max_steps",
+            "2",
+            "--mixed_precision",
+            "no",
+            "--torch_compile",
+            "false",
+            "--logging_steps",
+            "1",
+            "--eval_steps",
+            "0",
+            "--save_steps",
+            "0",
+            "--report_to",
+            "none",
+            "--sample_max_new_tokens",
+            "4",
+            "--output_dir",
+            str(out),
+        )
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    logged = "12 layers, 12 heads, 768 wide, context 1024, vocabulary 50257: 124.44M parameters"
+    assert logged in result.stderr
+    config = json.loads((out / "config.json").read_text())
+    shape = [config[k] for k in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")]
+    assert shape == [12, 12, 768, 1024, 50_257]
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["parameters"] == GPT2_124M_PARAMETERS and results["step"] == 2
+    assert results["tokens_seen"] == 2 * 1024
+    loaded = run([sys.executable, "-c", LOAD_WITHOUT_HFMINI, str(out)], cwd=tmp_path)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert "LOADED GPT2LMHeadModel 50257" in loaded.stdout

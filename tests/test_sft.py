@@ -114,7 +114,7 @@ def test_conversations_train_and_serve_pipeline_with_messages_without_hfmini(
     )
     assert metrics["bits_per_byte"] < metrics["start_bits_per_byte"]
     card = (out / "README.md").read_text()
-    assert "Bits per byte of the answers" in card and 'chat(messages, max_new_tokens=100)' in card
+    assert "Bits per byte of the answers" in card and "chat(messages, max_new_tokens=100)" in card
 
     # The template round-trips through save_pretrained / from_pretrained, in tokenizer_config.json.
     config = json.loads((out / "tokenizer_config.json").read_text())

@@ -1,0 +1,280 @@
+"""Streaming (`streaming: true`): documents are read, tokenized and cut into blocks as training
+goes; nothing is prepared ahead and nothing grows with the corpus.
+
+    load_dataset(..., streaming=True) ─► split_dataset_by_node (each process its own part) ─►
+    [validation: the source's own split, else the first documents, held out] ─► BlockStream:
+    documents in batches ─► chunk + tokenize (EOS after each document) ─► blocks ─► a shuffle
+    buffer of blocks ─► DataLoader
+
+The run is counted in max_steps; at the end of the stream a new pass starts. Resume is exact: a
+checkpoint keeps each process's stream state (`BlockStream.state_dict`: the `datasets` iterator's
+position after the last batch of documents read, the tokens of that batch not yet in a block, the
+shuffle buffer and its generator) and the stream restarts there instead of replaying.
+
+Validation is the first validation_blocks blocks of the validation documents, held in memory.
+Costs: a document is tokenized once per pass; the shuffle buffer holds `shuffle_blocks` blocks.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from hfmini.errors import HfminiError
+
+logger = logging.getLogger("hfmini.data")
+
+DOCUMENT_BATCH = 64  # documents read and tokenized together (the unit a resume restarts from)
+SHUFFLE_BLOCKS = 1024  # blocks in the shuffle buffer: a few MB at context 1024
+VALIDATION_BLOCKS = 100  # validation blocks when max_eval_samples is not set
+
+
+class BlockStream(torch.utils.data.IterableDataset):
+    """Blocks of `block_size` token ids cut from a stream of documents, drawn at random from a
+    buffer: {"input_ids": (block_size,) int64}. Endless: pass after pass over the documents.
+
+    Iterated in the training process itself (DataLoader num_workers 0), so that its state
+    between two blocks handed out is exactly what the run has consumed."""
+
+    def __init__(self, documents, tokenizer, text_column: str, block_size: int, seed: int):
+        self.documents = documents  # a datasets IterableDataset: this process's part
+        self.tokenizer = tokenizer
+        self.text_column = text_column
+        self.block_size = block_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.start = copy.deepcopy(documents.state_dict())  # a pass begins here
+        self.position: dict | None = None  # the documents' state after the last batch read
+        self.passes = 0
+        self.pending: list[int] = []  # tokens read but not yet cut into a block
+        self.buffer: list[torch.Tensor] = []
+
+    def state_dict(self) -> dict:
+        """Where the stream stands between two blocks handed out (what a checkpoint keeps)."""
+        empty = torch.zeros(0, self.block_size, dtype=torch.int64)
+        return {
+            "position": self.position,
+            "passes": self.passes,
+            "pending": torch.tensor(self.pending, dtype=torch.int64),
+            "buffer": torch.stack(self.buffer) if self.buffer else empty,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = state["position"]
+        self.passes = state["passes"]
+        self.pending = state["pending"].tolist()
+        self.buffer = list(state["buffer"])
+        self.generator.set_state(state["generator"])
+
+    def _document_batches(self):
+        """(texts, the documents' state after them), from where the stream stands; at the end
+        of the documents a new pass starts from their beginning."""
+        while True:
+            self.documents.load_state_dict(self.position or self.start)
+            batch, read = [], 0
+            for row in self.documents:
+                batch.append(row[self.text_column])
+                read += 1
+                if len(batch) == DOCUMENT_BATCH:
+                    yield batch, copy.deepcopy(self.documents.state_dict())
+                    batch = []
+            if batch:
+                yield batch, copy.deepcopy(self.documents.state_dict())
+            if read == 0 and self.position is None:
+                raise HfminiError("the training stream holds no documents: check the data source")
+            self.passes += 1
+            self.position = None
+
+    def _fill(self, batches) -> None:
+        """Read documents until the shuffle buffer is full."""
+        while len(self.buffer) < SHUFFLE_BLOCKS:
+            texts, position = next(batches)
+            self.pending += tokenize_documents(texts, self.tokenizer)
+            self.position = position
+            usable = len(self.pending) - len(self.pending) % self.block_size
+            for start in range(0, usable, self.block_size):
+                block = self.pending[start : start + self.block_size]
+                self.buffer.append(torch.tensor(block, dtype=torch.int64))
+            self.pending = self.pending[usable:]
+
+    def __iter__(self):
+        batches = self._document_batches()
+        while True:
+            self._fill(batches)
+            index = int(torch.randint(len(self.buffer), (1,), generator=self.generator))
+            block = self.buffer[index]
+            self.buffer[index] = self.buffer[-1]  # swap-remove: O(1)
+            self.buffer.pop()
+            yield {"input_ids": block}
+
+
+def tokenize_documents(texts: list[str | None], tokenizer) -> list[int]:
+    """Token ids of a batch of documents, each followed by EOS (as `data.py` does); empty ones
+    add nothing. Long documents are cut into chunks first, as in `data.py`, so tokenization is
+    the same as the prepared path's."""
+    from hfmini.data import split_document
+
+    pieces, ends = [], []
+    for text in texts:
+        if not text:
+            continue
+        parts = split_document(text)
+        pieces += parts
+        ends += [False] * (len(parts) - 1) + [True]
+    encodings = tokenizer.backend_tokenizer.encode_batch(pieces, add_special_tokens=False)
+    ids: list[int] = []
+    for encoding, end in zip(encodings, ends, strict=True):
+        ids += encoding.ids
+        if end:
+            ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+@dataclass
+class StreamingData:
+    """What a streaming run trains and validates on."""
+
+    stream: BlockStream
+    eval_tokens: torch.Tensor  # (n,) int32: the validation blocks, held in memory
+    block_size: int
+    train_bytes: int = 0  # unknown ahead of time
+    dropped_train_tokens: int = 0
+    fingerprint_of: dict = field(default_factory=dict)  # what identifies the stream
+
+    @property
+    def num_train_blocks(self) -> int | None:
+        return None  # unknown: the run is counted in max_steps
+
+    @property
+    def train_tokens(self) -> torch.Tensor:
+        return torch.zeros(0, dtype=torch.int32)
+
+    def fingerprint(self) -> str:
+        """The source, the tokenizer and the shape of the stream (its contents are not read)."""
+        key = repr(sorted(self.fingerprint_of.items())).encode()
+        return hashlib.sha256(key).hexdigest()[:16]
+
+
+def open_streams(data_args) -> tuple:
+    """(train documents, validation documents or None) as datasets IterableDatasets."""
+    from datasets import load_dataset
+
+    from hfmini.sources import _load_hub, _reader, expand_data_files
+
+    if data_args.train_file:
+        from pathlib import Path
+
+        files = {"train": expand_data_files(data_args.train_file, "train_file")}
+        if data_args.validation_file:
+            files["validation"] = expand_data_files(data_args.validation_file, "validation_file")
+        builder, kwargs = _reader(Path(files["train"][0]))
+        if builder == "text":
+            kwargs["sample_by"] = "document"
+        raw = load_dataset(builder, data_files=files, streaming=True, **kwargs)
+    else:
+        raw = _load_hub(data_args.dataset_name, data_args.dataset_config_name, streaming=True)
+    validation = next((raw[s] for s in ("validation", "valid", "dev", "test") if s in raw), None)
+    return raw["train"], validation
+
+
+def check_stream_columns(documents, column: str) -> None:
+    """The first row holds the text column; instruction and chat rows are not streamed yet."""
+    first = next(iter(documents), None)
+    if first is None:
+        raise HfminiError("the training stream holds no documents: check the data source")
+    if column in first:
+        return
+    if "messages" in first or "prompt" in first:
+        raise HfminiError(
+            "streaming reads plain text only: prompt-completion and conversational rows need the "
+            "prepared path; drop --streaming"
+        )
+    raise HfminiError(
+        f"text_column {column!r} is not in the streamed data; its columns are "
+        f"{', '.join(first)}: set --text_column to one of them"
+    )
+
+
+def take_tokens(documents, tokenizer, text_column: str, count: int) -> tuple[torch.Tensor, int]:
+    """The first `count` tokens of a document stream (fewer if it ends) and the documents read."""
+    ids: list[int] = []
+    read = 0
+    batch: list[str] = []
+    for row in documents:
+        batch.append(row[text_column])
+        read += 1
+        if len(batch) == DOCUMENT_BATCH:
+            ids += tokenize_documents(batch, tokenizer)
+            batch = []
+            if len(ids) >= count:
+                break
+    if batch and len(ids) < count:
+        ids += tokenize_documents(batch, tokenizer)
+    return torch.tensor(ids[:count], dtype=torch.int32), read
+
+
+def tokenizer_texts(documents, text_column: str, budget: int):
+    """The first `budget` bytes of documents (0: all), as a Dataset a tokenizer trains on, with a
+    fingerprint from the source, so the trained tokenizer is cached."""
+    texts, total = [], 0
+    for row in documents:
+        text = row[text_column] or ""
+        texts.append(text)
+        total += len(text.encode("utf-8"))
+        if budget and total >= budget:
+            break
+    return texts, total
+
+
+def prepare_stream(config, resume_path=None) -> tuple[StreamingData, object]:
+    """The data stage of a streaming run: open the stream, this process's part of it, the
+    validation blocks, the tokenizer (loaded, or trained on the stream's first
+    tokenizer_train_bytes), the block stream."""
+    import pyarrow as pa
+    from accelerate import PartialState
+    from datasets import Dataset
+    from datasets.distributed import split_dataset_by_node
+
+    from hfmini.tokenizer import tokenizer_for_run
+
+    data_args, state = config.data, PartialState()
+    column, block = data_args.text_column, data_args.block_size
+    train, validation = open_streams(data_args)
+    check_stream_columns(train, column)
+    source = data_args.dataset_name or repr(sorted(data_args.train_file or []))
+    budget = config.model.tokenizer_train_bytes
+    texts, total = [], 0
+    if config.model.from_scratch and config.model.tokenizer_name is None and resume_path is None:
+        texts, total = tokenizer_texts(train, column, budget)
+        logger.info("tokenizer: trains on the stream's first %.1f MB", total / 1e6)
+    key = hashlib.sha256(f"{source}-{data_args.dataset_config_name}-{budget}".encode())
+    sample = Dataset(pa.table({"text": pa.array(texts, pa.string())}), fingerprint=key.hexdigest())
+    tokenizer = tokenizer_for_run(config.model, sample, config.context_length(), resume_path)
+    wanted = (data_args.max_eval_samples or VALIDATION_BLOCKS) * block
+    if validation is not None:
+        eval_tokens, _ = take_tokens(validation, tokenizer, column, wanted)
+    else:  # the first documents are validation, and training skips them
+        eval_tokens, held_out = take_tokens(train, tokenizer, column, wanted)
+        train = train.skip(held_out)
+        logger.info("validation: the stream's first %d documents, held out", held_out)
+    if eval_tokens.numel() < block:
+        raise HfminiError(
+            f"the validation stream has {eval_tokens.numel()} tokens, fewer than one block of "
+            f"{block}: lower block_size or add validation text"
+        )
+    part = split_dataset_by_node(train, rank=state.process_index, world_size=state.num_processes)
+    stream = BlockStream(part, tokenizer, column, block, config.train.seed + state.process_index)
+    from hfmini.data import tokenizer_fingerprint
+
+    identity = {
+        "source": source,
+        "config": data_args.dataset_config_name,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "block_size": block,
+        "processes": state.num_processes,
+    }
+    return StreamingData(stream, eval_tokens, block, fingerprint_of=identity), tokenizer
