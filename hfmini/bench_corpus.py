@@ -11,6 +11,8 @@
    preprocessing_num_workers set to every core. The big run is confined by a cgroup memory limit
    of --memory_limit_gb when the machine lets one be made (Linux, root, cgroup v1 or v2); else it
    runs unconfined and the report says so.
+   Then the big run again under torchrun with --processes processes (on the data the first run
+   prepared), confined to --processes × --memory_limit_gb in all.
 3. Reports for each: tokenize-and-pack MB/s (the cold data preparation, timed in that process:
    reading, chunking, tokenizer training on its sample, tokenizing, writing the token files), training tokens/s (median of the logged windows), and the process's
    peak memory: anonymous memory (RssAnon, sampled every 0.2 s: what the process itself holds)
@@ -91,6 +93,21 @@ def _memory_cgroup(limit_bytes: int) -> Path | None:
     return None
 
 
+def _children(pid: int) -> list[int]:
+    """Every descendant of `pid` (Linux /proc)."""
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        try:
+            tasks = Path(f"/proc/{parent}/task").iterdir()
+            kids = [int(c) for t in tasks for c in (t / "children").read_text().split()]
+        except OSError:
+            kids = []
+        found += kids
+        frontier += kids
+    return found
+
+
 def _status(pid: int) -> dict[str, int]:
     values = {}
     try:
@@ -104,8 +121,11 @@ def _status(pid: int) -> dict[str, int]:
     return values
 
 
-def run_training(corpus: Path, out: Path, steps: int, cgroup: Path | None) -> dict:
-    """One training run in its own process; its peak memory sampled from outside."""
+def run_training(
+    corpus: Path, out: Path, steps: int, cgroup: Path | None, processes: int = 1
+) -> dict:
+    """One training run in its own process (or `processes` under torchrun, on data the
+    one-process run prepared); peak memory sampled from outside, per process."""
     argv = ["--train_file", str(corpus)]
     argv += ["--model_size", "micro", "--vocab_size", "4096", "--block_size", "256"]
     argv += ["--per_device_train_batch_size", "16", "--max_steps", str(steps)]
@@ -115,28 +135,46 @@ def run_training(corpus: Path, out: Path, steps: int, cgroup: Path | None) -> di
     argv += ["--torch_compile", "false", "--mixed_precision", "no", "--report_to", "none"]
     argv += ["--sample_max_new_tokens", "1", "--output_dir", str(out)]
     command = [sys.executable, "-m", "hfmini.bench_corpus", "--child", json.dumps(argv)]
+    if processes > 1:
+        torchrun = Path(sys.executable).parent / "torchrun"
+        command = [str(torchrun), "--standalone", "--nproc_per_node", str(processes)]
+        command += [str(REPO / "recipes" / "train.py"), *argv]
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # The log goes to a file: a pipe read only at the end would fill and block the child.
+    log_path = out.parent / f"{out.name}.log"
+    log_file = log_path.open("w")
+    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, text=True)
     if cgroup is not None:
         (cgroup / "cgroup.procs").write_text(str(process.pid))
-    peak_anon = 0
+    peak_anon = 0  # the largest of any one process (the run, or each torchrun worker)
     while process.poll() is None:
-        peak_anon = max(peak_anon, _status(process.pid).get("RssAnon", 0))
+        pids = [process.pid] + _children(process.pid)
+        peak_anon = max([peak_anon] + [_status(pid).get("RssAnon", 0) for pid in pids])
         time.sleep(0.2)
-    log = process.stdout.read()
+    log_file.close()
+    log = log_path.read_text()
     if process.returncode != 0:
         raise SystemExit(f"training on {corpus} failed ({process.returncode}):\n{log[-3000:]}")
     seconds = time.perf_counter() - started
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [r["train/tokens_per_second"] for r in rows if "train/tokens_per_second" in r]
     results = json.loads((out / "eval_results.json").read_text())
-    prepared = json.loads(log.strip().splitlines()[-1])["prepare_seconds"]
+    cgroup_peak = None
+    if cgroup is not None:
+        for name in ("memory.max_usage_in_bytes", "memory.peak"):
+            if (cgroup / name).is_file():
+                cgroup_peak = int((cgroup / name).read_text())
+    prepared = float("nan")  # torchrun: the data came from the cache
+    if processes == 1:
+        prepared = json.loads(log.strip().splitlines()[-1])["prepare_seconds"]
     return {
         "wall_seconds": seconds,
         "prepare_seconds": prepared,
         "tokens_per_second": statistics.median(rates[1:] or rates),
         "peak_anonymous_bytes": peak_anon,
         "peak_rss_bytes": results["peak_memory_bytes"],
+        # The whole cgroup (the run and its tokenizing workers, page cache included).
+        "cgroup_peak_bytes": cgroup_peak,
     }
 
 
@@ -161,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small_megabytes", type=float, default=100.0)
     parser.add_argument("--memory_limit_gb", type=float, default=1.0)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument(
+        "--processes", type=int, default=2, help="then the big run again under torchrun"
+    )
     parser.add_argument("--output", default="output/bench_corpus.json")
     parser.add_argument("--work_dir", default=None, help="default: a temporary folder")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: the measured process
@@ -188,23 +229,36 @@ def main(argv: list[str] | None = None) -> int:
             run["memory_limited"] = cgroup is not None
             run["tokenize_and_pack_mb_per_second"] = text_bytes / 1e6 / run["prepare_seconds"]
             report[name] = run
+            if name == "big" and args.processes > 1:
+                # The limit per process: N processes together get N times the memory.
+                cgroup = _memory_cgroup(report["memory_limit_bytes"] * args.processes)
+                try:
+                    run = run_training(
+                        corpus, work / "big-torchrun", args.steps, cgroup, args.processes
+                    )
+                finally:
+                    if cgroup is not None:
+                        cgroup.rmdir()
+                run |= {"corpus_bytes": text_bytes, "memory_limited": cgroup is not None}
+                report[f"big, {args.processes} processes"] = run
             shutil.rmtree(corpus)
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
     print(f"hfmini bench_corpus — {report['machine']}")
-    for name in ("small", "big"):
+    for name in [k for k in report if k.startswith(("small", "big"))]:
         r = report[name]
         limit = (
-            f"under a {args.memory_limit_gb:g} GiB cgroup limit"
+            f"under a {args.memory_limit_gb:g} GiB cgroup limit per process"
             if r["memory_limited"]
             else "no limit"
         )
         print(
             f"{name}: {r['corpus_bytes'] / 1e9:.2f} GB of text ({limit}); prepare "
-            f"{r['tokenize_and_pack_mb_per_second']:.1f} MB/s; train {r['tokens_per_second']:,.0f}"
-            f" tokens/s; peak anonymous {r['peak_anonymous_bytes'] / 2**20:,.0f} MiB, VmHWM "
-            f"{r['peak_rss_bytes'] / 2**20:,.0f} MiB"
+            f"{r.get('tokenize_and_pack_mb_per_second', float('nan')):.1f} MB/s; train "
+            f"{r['tokens_per_second']:,.0f} tokens/s; peak anonymous of a process "
+            f"{r['peak_anonymous_bytes'] / 2**20:,.0f} MiB, VmHWM {r['peak_rss_bytes'] / 2**20:,.0f}"
+            f" MiB, cgroup {(r['cgroup_peak_bytes'] or 0) / 2**20:,.0f} MiB"
         )
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

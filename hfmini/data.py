@@ -165,8 +165,7 @@ def hold_out_validation(
 
 
 def _tokenize_batch(batch: dict, tokenizer) -> dict:
-    # The Rust tokenizer directly: no per-call Python wrapping and no max-length warnings.
-    encodings = tokenizer.backend_tokenizer.encode_batch(batch["text"], add_special_tokens=False)
+    encodings = encode_batch(tokenizer, batch["text"])
     eos = [tokenizer.eos_token_id]
     return {
         "input_ids": [
@@ -174,6 +173,15 @@ def _tokenize_batch(batch: dict, tokenizer) -> dict:
             for e, end in zip(encodings, batch["doc_end"], strict=True)
         ]
     }
+
+
+def encode_batch(tokenizer, texts: list[str]) -> list:
+    """The Rust tokenizer directly, without special tokens: no per-call Python wrapping and no
+    max-length warnings; `encode_batch_fast` (tokenizers ≥ 0.20) skips the character offsets,
+    which nothing here reads, and is faster by about a quarter."""
+    backend = tokenizer.backend_tokenizer
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    return encode(texts, add_special_tokens=False)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -189,14 +189,14 @@ def render_pieces(row: dict, fmt: str, tokenizer, end_token: str | None) -> list
 
 
 def _encode_batch(batch: dict, fmt: str, tokenizer, end_token: str | None) -> dict:
+    from hfmini.data import encode_batch
+
     ids_column, mask_column = [], []
     columns = list(batch)
     for offset in range(len(batch[columns[0]])):
         pieces = render_pieces({c: batch[c][offset] for c in columns}, fmt, tokenizer, end_token)
         # Each piece alone, as generation sees a prompt: tokens never straddle an answer's edge.
-        encodings = tokenizer.backend_tokenizer.encode_batch(
-            [text for text, _ in pieces], add_special_tokens=False
-        )
+        encodings = encode_batch(tokenizer, [text for text, _ in pieces])
         ids, mask = [], []
         for encoding, (_, is_answer) in zip(encodings, pieces, strict=True):
             ids += encoding.ids

@@ -116,7 +116,7 @@ def tokenize_documents(texts: list[str | None], tokenizer) -> list[int]:
     """Token ids of a batch of documents, each followed by EOS (as `data.py` does); empty ones
     add nothing. Long documents are cut into chunks first, as in `data.py`, so tokenization is
     the same as the prepared path's."""
-    from hfmini.data import split_document
+    from hfmini.data import encode_batch, split_document
 
     pieces, ends = [], []
     for text in texts:
@@ -125,7 +125,7 @@ def tokenize_documents(texts: list[str | None], tokenizer) -> list[int]:
         parts = split_document(text)
         pieces += parts
         ends += [False] * (len(parts) - 1) + [True]
-    encodings = tokenizer.backend_tokenizer.encode_batch(pieces, add_special_tokens=False)
+    encodings = encode_batch(tokenizer, pieces)
     ids: list[int] = []
     for encoding, end in zip(encodings, ends, strict=True):
         ids += encoding.ids
