@@ -103,6 +103,9 @@ def small_stream(monkeypatch):
     monkeypatch.setattr("hfmini.streaming.DOCUMENT_BATCH", 5)
 
 
+STREAM = ("--streaming", "true", "--vocab_size", "300", "--block_size", "32")
+
+
 def stream_args(tmp_path, out, steps, *extra):
     train = documents(tmp_path / "train.jsonl", 300)
     val = documents(tmp_path / "val.jsonl", 20, seed=1)
@@ -113,12 +116,7 @@ def stream_args(tmp_path, out, steps, *extra):
         str(train),
         "--validation_file",
         str(val),
-        "--streaming",
-        "true",
-        "--vocab_size",
-        "300",
-        "--block_size",
-        "32",
+        *STREAM,
         "--per_device_train_batch_size",
         "4",
         "--logging_steps",
@@ -158,12 +156,7 @@ def test_streaming_without_a_validation_split_holds_out_the_first_documents(tmp_
         2,
         "--train_file",
         str(train),
-        "--streaming",
-        "true",
-        "--vocab_size",
-        "300",
-        "--block_size",
-        "32",
+        *STREAM,
         "--max_eval_samples",
         "4",
     )
