@@ -132,6 +132,7 @@ def eval_data_args(model_dir: str, validation_file, text_column):
         values["train_file"] = values.get("train_file") or validation_file
         values.pop("dataset_name", None)
         values.pop("dataset_mixture", None)
+        values["streaming"] = False  # the file named is scored whole
     if text_column:
         values["text_column"] = text_column
     return DataArguments(**values)

@@ -411,12 +411,16 @@ def prepare_eval_tokens(data_args, tokenizer) -> torch.Tensor:
     """The validation token stream of a data source, tokenized with a trained model's tokenizer.
 
     `validation_file` alone is enough; otherwise the source's validation split (or held-out tail)
-    is used, exactly as in training.
+    is used, exactly as in training (a streamed run's: the blocks it scored).
     """
     from datasets import DatasetDict
 
     from hfmini.sources import load_sources, load_validation_files
 
+    if data_args.streaming:
+        from hfmini.streaming import stream_eval_tokens
+
+        return stream_eval_tokens(data_args, tokenizer)
     if data_args.validation_file:
         raw = load_validation_files(data_args)
     else:

@@ -230,6 +230,31 @@ def tokenizer_texts(documents, text_column: str, budget: int):
     return texts, total
 
 
+def validation_tokens(data_args, tokenizer, train, validation) -> tuple[torch.Tensor, int]:
+    """(the validation tokens, the train documents they took: 0 when the source has a validation
+    split): the first max_eval_samples blocks (VALIDATION_BLOCKS when unset)."""
+    column, block = data_args.text_column, data_args.block_size
+    wanted = (data_args.max_eval_samples or VALIDATION_BLOCKS) * block
+    held_out = 0
+    if validation is not None:
+        tokens, _ = take_tokens(validation, tokenizer, column, wanted)
+    else:
+        tokens, held_out = take_tokens(train, tokenizer, column, wanted)
+    if tokens.numel() < block:
+        raise HfminiError(
+            f"the validation stream has {tokens.numel()} tokens, fewer than one block of "
+            f"{block}: lower block_size or add validation text"
+        )
+    return tokens, held_out
+
+
+def stream_eval_tokens(data_args, tokenizer) -> torch.Tensor:
+    """`hfmini eval` of a streamed run: the same validation tokens its training scored."""
+    train, validation = open_streams(data_args)
+    check_stream_columns(train, data_args.text_column)
+    return validation_tokens(data_args, tokenizer, train, validation)[0]
+
+
 def prepare_stream(config, resume_path=None) -> tuple[StreamingData, object]:
     """The data stage of a streaming run: open the stream, this process's part of it, the
     validation blocks, the tokenizer (loaded, or trained on the stream's first
@@ -254,18 +279,10 @@ def prepare_stream(config, resume_path=None) -> tuple[StreamingData, object]:
     key = hashlib.sha256(f"{source}-{data_args.dataset_config_name}-{budget}".encode())
     sample = Dataset(pa.table({"text": pa.array(texts, pa.string())}), fingerprint=key.hexdigest())
     tokenizer = tokenizer_for_run(config.model, sample, config.context_length(), resume_path)
-    wanted = (data_args.max_eval_samples or VALIDATION_BLOCKS) * block
-    if validation is not None:
-        eval_tokens, _ = take_tokens(validation, tokenizer, column, wanted)
-    else:  # the first documents are validation, and training skips them
-        eval_tokens, held_out = take_tokens(train, tokenizer, column, wanted)
+    eval_tokens, held_out = validation_tokens(data_args, tokenizer, train, validation)
+    if held_out:  # the first documents are validation, and training skips them
         train = train.skip(held_out)
         logger.info("validation: the stream's first %d documents, held out", held_out)
-    if eval_tokens.numel() < block:
-        raise HfminiError(
-            f"the validation stream has {eval_tokens.numel()} tokens, fewer than one block of "
-            f"{block}: lower block_size or add validation text"
-        )
     part = split_dataset_by_node(train, rank=state.process_index, world_size=state.num_processes)
     stream = BlockStream(part, tokenizer, column, block, config.train.seed + state.process_index)
     from hfmini.data import tokenizer_fingerprint

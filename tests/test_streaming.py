@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import BIN, TRAIN_SCRIPT, tiny_run_args, train_error, write_lines
+from conftest import (
+    BIN,
+    TRAIN_SCRIPT,
+    assert_eval_reproduces_report,
+    tiny_run_args,
+    train_error,
+    write_lines,
+)
 from safetensors.torch import load_file
 
 from hfmini.config import parse_config
@@ -127,7 +134,7 @@ def stream_args(tmp_path, out, steps, *extra):
     )
 
 
-def test_streaming_trains_and_resumes_exactly(tmp_path, small_stream, caplog):
+def test_streaming_trains_and_resumes_exactly(tmp_path, small_stream, caplog, capsys):
     full, saved, resumed = tmp_path / "full", tmp_path / "saved", tmp_path / "resumed"
     run_training(parse_config(stream_args(tmp_path, full, 10)))
     assert "data: streamed in blocks of 32 tokens" in caplog.text
@@ -139,6 +146,7 @@ def test_streaming_trains_and_resumes_exactly(tmp_path, small_stream, caplog):
     assert len(state["buffer"]) and state["position"] is not None  # a real mid-stream point
     resume = ("--save_steps", "5", "--resume_from_checkpoint", "latest")
     run_training(parse_config(stream_args(tmp_path, resumed, 10, *resume)))
+    assert_eval_reproduces_report(full, capsys)  # hfmini eval scores the same blocks
     assert sorted(losses(resumed)) == list(range(6, 11))
     assert {s: losses(resumed)[s] for s in range(6, 11)} == pytest.approx(
         {s: losses(full)[s] for s in range(6, 11)}, rel=1e-5
