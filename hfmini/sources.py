@@ -25,6 +25,7 @@ logger = logging.getLogger("hfmini.data")
 
 # The `datasets` builders that yield rows of text; other builders (images, audio...) do not.
 TEXT_BUILDERS = ("text", "json", "csv", "parquet", "arrow")
+TEXT_FILES_PER_WRITE = 8
 
 
 def _compression(path: Path) -> str | None:
@@ -163,6 +164,9 @@ def _reader(path: Path) -> tuple[str, dict]:
         kwargs["encoding_errors"] = "replace"
     if builder == "text":
         kwargs["sample_by"] = "document"
+        # A row is a whole file here, and the Arrow writer holds writer_batch_size rows before
+        # it writes (datasets' default: 1000 files in memory at once).
+        kwargs["writer_batch_size"] = TEXT_FILES_PER_WRITE
     return builder, kwargs
 
 

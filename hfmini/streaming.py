@@ -172,8 +172,7 @@ def open_streams(data_args) -> tuple:
         if data_args.validation_file:
             files["validation"] = expand_data_files(data_args.validation_file, "validation_file")
         builder, kwargs = _reader(Path(files["train"][0]))
-        if builder == "text":
-            kwargs["sample_by"] = "document"
+        kwargs.pop("writer_batch_size", None)  # nothing is written when streaming
         raw = load_dataset(builder, data_files=files, streaming=True, **kwargs)
     else:
         raw = _load_hub(data_args.dataset_name, data_args.dataset_config_name, streaming=True)

@@ -177,6 +177,15 @@ def test_streaming_without_a_validation_split_holds_out_the_first_documents(tmp_
     assert block.shape == (32,)
 
 
+def test_streaming_reads_text_files_a_document_each(tmp_path):
+    train = write_lines(tmp_path / "train.txt", 300)
+    val = write_lines(tmp_path / "val.txt", 60, seed=4)
+    out = tmp_path / "o"
+    files = ("--train_file", str(train), "--validation_file", str(val))
+    run_training(parse_config(tiny_run_args(out, 2, *files, *STREAM)))
+    assert json.loads((out / "eval_results.json").read_text())["step"] == 2
+
+
 def test_streaming_needs_max_steps(capsys, tmp_path):
     message = train_error(
         capsys, "--streaming", "true", "--max_steps", "-1", "--output_dir", str(tmp_path / "o")
