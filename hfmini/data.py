@@ -295,19 +295,18 @@ def _write_token_file(tokenized, path: Path, dtype: np.dtype) -> None:
         raise
 
 
-def flat_tokens(tokenized) -> torch.Tensor:
-    """All token ids of a tokenized split, concatenated: (n_tokens,) int32.
+def flat_tokens(tokenized, column: str = "input_ids", dtype=torch.int32) -> torch.Tensor:
+    """All values of a list column of a split (token ids by default), concatenated: (n,) `dtype`.
 
-    Reads the Arrow column without Python lists; costs one copy of the ids (4 bytes/token).
+    Reads the Arrow column without Python lists; costs one copy of the values in memory.
     """
     import pyarrow.compute as pc
 
     if tokenized.num_rows == 0:
-        return torch.zeros(0, dtype=torch.int32)
-    column = tokenized.with_format("arrow")[:]["input_ids"]
-    values = pc.list_flatten(column)
+        return torch.zeros(0, dtype=dtype)
+    values = pc.list_flatten(tokenized.with_format("arrow")[:][column])
     chunks = [chunk.to_numpy(zero_copy_only=False) for chunk in values.chunks] or [np.array([])]
-    return torch.from_numpy(np.concatenate(chunks).astype(np.int32, copy=False))
+    return torch.from_numpy(np.concatenate(chunks)).to(dtype)
 
 
 def pack(tokens: torch.Tensor, block_size: int, split: str) -> tuple[torch.Tensor, int]:

@@ -134,20 +134,12 @@ class PreparedExamples:
         return digest.hexdigest()[:16]
 
 
-def _flat(tokenized, column: str, dtype) -> torch.Tensor:
-    import pyarrow.compute as pc
-
-    if tokenized.num_rows == 0:
-        return torch.zeros(0, dtype=dtype)
-    values = pc.list_flatten(tokenized.with_format("arrow")[:][column])
-    chunks = [chunk.to_numpy(zero_copy_only=False) for chunk in values.chunks]
-    return torch.from_numpy(np.concatenate(chunks)).to(dtype)
-
-
 def sequences_of(tokenized, block_size: int, packing: bool, answers_only: bool, split: str):
     """A tokenized split as a SequenceDataset; returns (dataset, truncated examples, tokens cut)."""
-    tokens = _flat(tokenized, "input_ids", torch.int32)
-    answer = _flat(tokenized, "answer_mask", torch.bool)
+    from hfmini.data import flat_tokens
+
+    tokens = flat_tokens(tokenized)
+    answer = flat_tokens(tokenized, "answer_mask", torch.bool)
     full_lengths = np.asarray(
         tokenized.with_format("arrow")[:]["input_ids"].combine_chunks().value_lengths(),
         dtype=np.int64,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -143,7 +143,7 @@ class StreamingData:
     block_size: int
     train_bytes: int = 0  # unknown ahead of time
     dropped_train_tokens: int = 0
-    fingerprint_of: dict = field(default_factory=dict)  # what identifies the stream
+    key: str = ""  # the source, the tokenizer and the shape of the stream
 
     @property
     def num_train_blocks(self) -> int | None:
@@ -154,9 +154,8 @@ class StreamingData:
         return torch.zeros(0, dtype=torch.int32)
 
     def fingerprint(self) -> str:
-        """The source, the tokenizer and the shape of the stream (its contents are not read)."""
-        key = repr(sorted(self.fingerprint_of.items())).encode()
-        return hashlib.sha256(key).hexdigest()[:16]
+        """A hash of `key`: the stream's contents are not read."""
+        return hashlib.sha256(self.key.encode()).hexdigest()[:16]
 
 
 def open_streams(data_args) -> tuple:
@@ -217,8 +216,8 @@ def take_tokens(documents, tokenizer, text_column: str, count: int) -> tuple[tor
 
 
 def tokenizer_texts(documents, text_column: str, budget: int):
-    """The first `budget` bytes of documents (0: all), as a Dataset a tokenizer trains on, with a
-    fingerprint from the source, so the trained tokenizer is cached."""
+    """(the first documents, up to `budget` bytes of them (0: all), their bytes): the sample a
+    tokenizer trained from scratch learns from."""
     texts, total = [], 0
     for row in documents:
         text = row[text_column] or ""
@@ -263,6 +262,7 @@ def prepare_stream(config, resume_path=None) -> tuple[StreamingData, object]:
     from datasets import Dataset
     from datasets.distributed import split_dataset_by_node
 
+    from hfmini.data import tokenizer_fingerprint
     from hfmini.tokenizer import tokenizer_for_run
 
     data_args, state = config.data, PartialState()
@@ -275,8 +275,10 @@ def prepare_stream(config, resume_path=None) -> tuple[StreamingData, object]:
     if config.model.from_scratch and config.model.tokenizer_name is None and resume_path is None:
         texts, total = tokenizer_texts(train, column, budget)
         logger.info("tokenizer: trains on the stream's first %.1f MB", total / 1e6)
-    key = hashlib.sha256(f"{source}-{data_args.dataset_config_name}-{budget}".encode())
-    sample = Dataset(pa.table({"text": pa.array(texts, pa.string())}), fingerprint=key.hexdigest())
+    # A fingerprint from the source, so that the trained tokenizer is cached across runs.
+    sample_key = hashlib.sha256(f"{source}-{data_args.dataset_config_name}-{budget}".encode())
+    table = pa.table({"text": pa.array(texts, pa.string())})
+    sample = Dataset(table, fingerprint=sample_key.hexdigest())
     tokenizer = tokenizer_for_run(config.model, sample, config.context_length(), resume_path)
     eval_tokens, held_out = validation_tokens(data_args, tokenizer, train, validation)
     if held_out:  # the first documents are validation, and training skips them
@@ -284,13 +286,6 @@ def prepare_stream(config, resume_path=None) -> tuple[StreamingData, object]:
         logger.info("validation: the stream's first %d documents, held out", held_out)
     part = split_dataset_by_node(train, rank=state.process_index, world_size=state.num_processes)
     stream = BlockStream(part, tokenizer, column, block, config.train.seed + state.process_index)
-    from hfmini.data import tokenizer_fingerprint
-
-    identity = {
-        "source": source,
-        "config": data_args.dataset_config_name,
-        "tokenizer": tokenizer_fingerprint(tokenizer),
-        "block_size": block,
-        "processes": state.num_processes,
-    }
-    return StreamingData(stream, eval_tokens, block, fingerprint_of=identity), tokenizer
+    identity = f"{source}-{data_args.dataset_config_name}-{tokenizer_fingerprint(tokenizer)}"
+    identity += f"-{block}-{state.num_processes}"
+    return StreamingData(stream, eval_tokens, block, key=identity), tokenizer

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from hfmini.data import PreparedData
     from hfmini.ema import WeightAverage
     from hfmini.packing import PreparedExamples
+    from hfmini.streaming import StreamingData
     from hfmini.tracking import RunLogger
 
 logger = logging.getLogger("hfmini")
@@ -77,7 +78,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: LRScheduler
     train_loader: DataLoader
-    data: PreparedData | PreparedExamples
+    data: PreparedData | PreparedExamples | StreamingData
     tokenizer: PreTrainedTokenizerBase
     token_bytes: torch.Tensor  # (vocab,) UTF-8 bytes per token id, for bits per byte
     run_logger: RunLogger
@@ -331,10 +332,12 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     their labels and position ids (which keep packed examples apart), and the loss averaged over
     the label count clamped to 1, so a micro-batch whose answers were all cut off gives 0, not
     0/0."""
+    from hfmini.packing import IGNORE_INDEX
+
     if "labels" not in batch:
         return {"input_ids": batch["input_ids"], "labels": batch["input_ids"]}
     labels = batch["labels"]  # (B, T)
-    count = (labels[:, 1:] != -100).sum().clamp(min=1)  # on the device: no host sync
+    count = (labels[:, 1:] != IGNORE_INDEX).sum().clamp(min=1)  # on the device: no host sync
     return {**batch, "num_items_in_batch": count}
 
 
