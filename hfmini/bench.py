@@ -166,7 +166,7 @@ def bench_training(recipe: str, rounds: int, steps_per_round: int, work_dir: Pat
         "model": f"{config.model.model_size} {config.model.shape()} ctx {config.context_length()}",
         "parameters": sum(p.numel() for p in plain_model.parameters()),
         "batch": list(batch_shape),
-        "torch_compile": config.train.compile_on(default_device(config.train)),
+        "torch_compile": config.train.compile_on(default_device(config.train), precision),
         "precision": precision.replace("no", "fp32"),
         "attention": run.accelerator.unwrap_model(run.model).config._attn_implementation,
         "hfmini_tokens_per_second": rates["hfmini"],
@@ -335,7 +335,7 @@ def bench_finetuning(
     shape = plain["full"].config
     settings = plain["lora"].peft_config["default"]
     device, precision = runs["full"].accelerator.device, runs["full"].accelerator.mixed_precision
-    compiled = config.train.compile_on(default_device(config.train))
+    compiled = config.train.compile_on(default_device(config.train), precision)
     for run in runs.values():
         run.accelerator.end_training()
     del runs, steps, batches, plain

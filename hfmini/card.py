@@ -105,17 +105,17 @@ def build_model_card(
     hyper = [
         (
             "learning rate",
-            f"{args.learning_rate:g} ({args.lr_scheduler_type}, {args.warmup_steps} warmup steps)",
+            f"{args.learning_rate:g} ({args.lr_scheduler_type}, {warmup_text(args.warmup_steps)})",
         ),
         (
             "optimizer",
-            f"AdamW (β1={args.adam_beta1}, β2={args.adam_beta2}, ε={args.adam_epsilon:g}, weight decay {args.weight_decay} on matrices)",
+            optimizer_text(args),
         ),
         (
             "batch",
             f"{args.per_device_train_batch_size} per device × {args.gradient_accumulation_steps} accumulation × {num_processes} processes = {global_batch} blocks of {config.data.block_size} tokens",
         ),
-        ("optimizer steps", f"{results['step']:,}"),
+        ("optimizer steps", steps_text(args, results)),
         ("tokens seen", f"{results['tokens_seen']:,}"),
         ("gradient clipping", f"{args.max_grad_norm}" if args.max_grad_norm else "none"),
         (
@@ -213,3 +213,27 @@ def write_model_card(output_dir: str | Path, *args, **kwargs) -> Path:
     path = Path(output_dir) / "README.md"
     build_model_card(*args, **kwargs).save(path)
     return path
+
+
+def warmup_text(warmup: float) -> str:
+    """'200 warmup steps', or '5% of the run as warmup' (transformers' reading of a float < 1)."""
+    if warmup >= 1:
+        return f"{int(warmup)} warmup steps"
+    return f"{100 * warmup:g}% of the run as warmup"
+
+
+def steps_text(args, results: dict) -> str:
+    """The steps taken, and with a time budget, what bounded them."""
+    steps = f"{results['step']:,}"
+    if not args.max_train_minutes:
+        return steps
+    limit = f" (max_steps {args.max_steps:,})" if args.max_steps > 0 else ""
+    minutes = results["train_runtime"] / 60
+    return f"{steps} in {minutes:.1f} minutes of training, budget {args.max_train_minutes:g}{limit}"
+
+
+def optimizer_text(args) -> str:
+    adamw = f"AdamW (β1={args.adam_beta1}, β2={args.adam_beta2}, ε={args.adam_epsilon:g}, weight decay {args.weight_decay} on matrices)"
+    if args.optim != "muon":
+        return adamw
+    return f"Muon (momentum {args.muon_momentum}, weight decay {args.weight_decay}) on the hidden matrices; {adamw} on embeddings, norms and biases"

@@ -43,6 +43,7 @@ class TrainState:
     epoch: int = 0
     batches_in_epoch: int = 0  # micro-batches of this epoch already consumed (per process)
     tokens_seen: int = 0  # over all processes
+    train_seconds: float = 0.0  # in training steps so far (budget.TrainClock), every session
     # The logging window at save time, so the first loss logged after a resume is exact.
     loss_since_log: float = 0.0  # sum of micro-batch losses since the last logged step
     batches_since_log: int = 0
@@ -340,7 +341,7 @@ RESUMABLE_SETTINGS = frozenset(
     }
 )
 # With a schedule that does not depend on the run's length, these may grow on resume.
-_LENGTH_SETTINGS = {"max_steps", "num_train_epochs"}
+_LENGTH_SETTINGS = {"max_steps", "num_train_epochs", "max_train_minutes"}
 _LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup")
 
 

@@ -14,16 +14,21 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from hfmini.errors import HfminiError
 
+if TYPE_CHECKING:
+    from hfmini.budget import RunLength
+
 # Byte-level BPE needs all 256 byte symbols plus the special tokens before it can merge anything.
 MIN_VOCAB_SIZE = 256 + 1
 # torch_compile auto on a CPU: shortest run (optimizer steps) whose time saved pays the warm-up.
 COMPILE_MIN_CPU_STEPS = 1000
+COMPILE_MIN_CPU_MINUTES = 2.0
+OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "muon")
 
 # GPT-2 shapes; the context (n_positions) follows block_size unless set. `gpt2-small` is the
 # 124M-parameter GPT-2 of Radford et al. (2019) with its 50257-token vocabulary replaced by ours.
@@ -119,7 +124,7 @@ class DataArguments:
         default=False,
         metadata={
             "help": "Read, tokenize and pack the text as training goes, each process its own "
-            "part (needs max_steps); for Hub datasets and files larger than the disk cache "
+            "part (needs max_steps or max_train_minutes); for Hub datasets and files larger than the disk cache "
             "should hold. Validation: the source's split, else its first documents."
         },
     )
@@ -372,6 +377,15 @@ class TrainArguments:
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
     adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
+    optim: str = field(
+        default="adamw_torch_fused",
+        metadata={
+            "help": "adamw_torch_fused (AdamW, one fused kernel), adamw_torch, or muon: Muon "
+            "(torch.optim.Muon, its update scaled to AdamW's size so learning_rate keeps its "
+            "meaning) on the hidden weight matrices, AdamW on embeddings, norms and biases."
+        },
+    )
+    muon_momentum: float = field(default=0.95, metadata={"help": "Muon's Nesterov momentum."})
     max_grad_norm: float = field(
         default=1.0, metadata={"help": "Clip gradients to this norm; 0: no clipping."}
     )
@@ -386,11 +400,33 @@ class TrainArguments:
         default="cosine",
         metadata={"help": "Any transformers scheduler name (cosine, linear, ...)."},
     )
-    warmup_steps: int = field(default=100, metadata={"help": "Linear warmup optimizer steps."})
-    max_steps: int = field(
-        default=-1, metadata={"help": "Optimizer steps to run; -1 uses num_train_epochs."}
+    warmup_steps: float = field(
+        default=100,
+        metadata={
+            "help": "Linear warmup: optimizer steps, or below 1 a fraction of the run (of "
+            "max_train_minutes when set), as in transformers."
+        },
     )
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the train split."})
+    max_steps: int = field(
+        default=-1,
+        metadata={
+            "help": "Optimizer steps to run; -1 uses num_train_epochs, or with max_train_minutes "
+            "no bound in steps."
+        },
+    )
+    num_train_epochs: float = field(
+        default=1.0,
+        metadata={"help": "Passes over the train split (when neither bound above is set)."},
+    )
+    max_train_minutes: float = field(
+        default=0.0,
+        metadata={
+            "help": "Time budget: stop after this many minutes of training steps (validation, "
+            "samples and checkpoints not counted); the learning-rate schedule, warmup and "
+            "weight average are laid out over it. With max_steps, whichever comes first. 0: "
+            "no budget."
+        },
+    )
     logging_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps."})
     eval_steps: int = field(
         default=200, metadata={"help": "Evaluate every N steps; 0: only at end."}
@@ -464,6 +500,12 @@ class TrainArguments:
             raise HfminiError(
                 f"max_steps must be positive (or -1 to use num_train_epochs), got {self.max_steps}"
             )
+        if self.optim not in OPTIMIZERS:
+            raise HfminiError(f"optim {self.optim!r} is not one of {', '.join(OPTIMIZERS)}")
+        if self.max_train_minutes < 0:
+            raise HfminiError(
+                f"max_train_minutes must be >= 0 (0: no time budget), got {self.max_train_minutes}"
+            )
         if self.max_steps == -1 and not self.num_train_epochs > 0:
             raise HfminiError(f"num_train_epochs must be positive, got {self.num_train_epochs}")
         if self.save_total_limit is not None and self.save_total_limit < 1:
@@ -520,19 +562,25 @@ class TrainArguments:
             return "no"
         return self.mixed_precision
 
-    def compile_on(self, device: str) -> bool:
-        """auto compiles with CUDA, and on a CPU for runs of at least COMPILE_MIN_CPU_STEPS steps:
-        on a small CPU compile gains a few tens of percent in tokens/s after a warm-up of several
-        seconds, which a seconds-long run never earns back. Epoch-based runs (max_steps -1) stay
-        eager on CPU. On MPS auto stays eager: torch's source calls inductor's Metal backend "an
-        early prototype", so compiling costs a warm-up and risks a failed compile for a gain
+    def compile_on(self, device: str, precision: str = "no") -> bool:
+        """auto compiles with CUDA, and on a CPU for long runs in bf16 autocast: max_steps of at
+        least COMPILE_MIN_CPU_STEPS or a budget of COMPILE_MIN_CPU_MINUTES. There compile gains a
+        few tens of percent in tokens/s after a warm-up of several seconds, which a short run
+        never earns back. In fp32 on a CPU the matmuls are most of the step and compile gained
+        0-7% for a warm-up of 8-30 s (docs/results.md), so auto stays eager. Epoch-based runs
+        stay eager on CPU. On MPS auto stays eager: torch's source calls inductor's Metal backend
+        "an early prototype", so compiling costs a warm-up and risks a failed compile for a gain
         nobody has measured here; true still compiles."""
         device = self._device_name(device)
         if self.torch_compile != "auto":
             return self.torch_compile == "true"
-        if device == "mps":
-            return False
-        return device == "cuda" or self.max_steps >= COMPILE_MIN_CPU_STEPS
+        if device != "cpu":
+            return device == "cuda"
+        long_run = (
+            self.max_steps >= COMPILE_MIN_CPU_STEPS
+            or self.max_train_minutes >= COMPILE_MIN_CPU_MINUTES
+        )
+        return precision == "bf16" and long_run
 
     def trackers_requested(self) -> list[str]:
         return [name.strip() for name in self.report_to.split(",") if name.strip()]
@@ -572,10 +620,10 @@ class Config:
                 f"block_size {self.data.block_size} is above the model's context n_positions "
                 f"{self.context_length()}: lower block_size or raise n_positions"
             )
-        if self.data.streaming and self.train.max_steps <= 0:
+        if self.data.streaming and self.train.max_steps <= 0 and not self.train.max_train_minutes:
             raise HfminiError(
                 "streaming reads the data as training goes, so its length is unknown: set "
-                "max_steps (the run's length in optimizer steps)"
+                "max_steps (the run's length in optimizer steps) or max_train_minutes"
             )
 
     def context_length(self) -> int:
@@ -597,6 +645,17 @@ class Config:
             * args.gradient_accumulation_steps
             * num_processes
         )
+
+    def run_length(self, batches_per_epoch: int) -> RunLength:
+        """The run's bounds: max_steps (or, with no time budget, epochs) and max_train_minutes."""
+        from hfmini.budget import RunLength
+
+        args = self.train
+        budget = args.max_train_minutes * 60 if args.max_train_minutes else None
+        steps = None
+        if args.max_steps > 0 or budget is None:
+            steps = self.total_train_steps(batches_per_epoch)
+        return RunLength(total_steps=steps, budget_seconds=budget)
 
     def total_train_steps(self, batches_per_epoch: int) -> int:
         """Optimizer steps the run will take: max_steps, or epochs over the sharded data."""

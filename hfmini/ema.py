@@ -6,6 +6,10 @@
 The ramp on decay_t (as in timm's ModelEmaV2) lets the average follow the weights closely in the
 first steps instead of keeping the random initialisation for ~1/(1 - decay) steps.
 
+With a time budget that ends the run before max_steps (budget.py), the average's window
+1/(1 - decay) shrinks in proportion to the steps the run is expected to reach: the decay was set
+for max_steps, and the average should span the same fraction of a shorter run.
+
 Why: on the default recipe the average with decay 0.995 (a half-life of ~140 steps) scored a few
 thousandths of a bit per byte below the final weights in every paired run (docs/results.md):
 averaging removes part of the step-to-step noise that the last weights still carry.
@@ -37,15 +41,17 @@ class WeightAverage:
         self.params = [p for _, p in named]
         self.average = [p.detach().float().clone() for p in self.params]
 
-    def current_decay(self) -> float:
-        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+    def current_decay(self, window_scale: float = 1.0) -> float:
+        """decay_t; `window_scale` (0 to 1] shortens the window 1/(1 - decay) in proportion."""
+        decay = max(0.0, 1.0 - (1.0 - self.decay) / window_scale)
+        return min(decay, (1 + self.updates) / (10 + self.updates))
 
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, window_scale: float = 1.0) -> None:
         """Fold in the weights after an optimizer step. No host synchronisation."""
         self.updates += 1
         weights = [p.detach().float() for p in self.params]
-        torch._foreach_lerp_(self.average, weights, 1.0 - self.current_decay())
+        torch._foreach_lerp_(self.average, weights, 1.0 - self.current_decay(window_scale))
 
     @torch.no_grad()
     def copy_to_model(self) -> None:

@@ -154,7 +154,7 @@ def make_accelerator(config: Config):
         log_with=trackers or None,
         project_dir=args.output_dir,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        dynamo_backend="inductor" if args.compile_on(device) else "no",
+        dynamo_backend="inductor" if args.compile_on(device, precision) else "no",
     )
 
 

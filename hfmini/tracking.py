@@ -130,7 +130,7 @@ def start_trackers(accelerator, config) -> None:
     )
 
 
-def log_run_start(config, accelerator, data, model, total_steps: int) -> None:
+def log_run_start(config, accelerator, data, model, length) -> None:
     """The three lines that describe a run before its first step: model, data, batch."""
     from hfmini.model import count_parameters
 
@@ -166,7 +166,7 @@ def log_run_start(config, accelerator, data, model, total_steps: int) -> None:
         )
     else:
         _log_prepared(data, train_tokens)
-    _log_batch(config, accelerator, data, tokens_per_step, total_steps)
+    _log_batch(config, accelerator, data, tokens_per_step, length)
 
 
 def _log_prepared(data, train_tokens: int) -> None:
@@ -181,10 +181,15 @@ def _log_prepared(data, train_tokens: int) -> None:
     )
 
 
-def _log_batch(config, accelerator, data, tokens_per_step: int, total_steps: int) -> None:
+def _log_batch(config, accelerator, data, tokens_per_step: int, length) -> None:
+    tokens = (
+        f" ({length.total_steps * tokens_per_step / 1e6:.2f}M tokens)"
+        if length.total_steps and not length.has_budget
+        else ""
+    )
     logger.info(
         "processes: %d (%s on %s); global batch: %d per device × %d accumulation × %d processes "
-        "= %d blocks = %d tokens per optimizer step; %d steps (%.2fM tokens)",
+        "= %d blocks = %d tokens per optimizer step; %s%s",
         accelerator.num_processes,
         accelerator.distributed_type.value,
         accelerator.device,
@@ -193,6 +198,6 @@ def _log_batch(config, accelerator, data, tokens_per_step: int, total_steps: int
         accelerator.num_processes,
         tokens_per_step // data.block_size,
         tokens_per_step,
-        total_steps,
-        total_steps * tokens_per_step / 1e6,
+        length.describe(),
+        tokens,
     )

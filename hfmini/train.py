@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
     from transformers import PreTrainedTokenizerBase
 
+    from hfmini.budget import Progress, RunLength, TrainClock
     from hfmini.data import PreparedData
     from hfmini.ema import WeightAverage
     from hfmini.packing import PreparedExamples
@@ -83,14 +84,15 @@ class Run:
     token_bytes: torch.Tensor  # (vocab,) UTF-8 bytes per token id, for bits per byte
     run_logger: RunLogger
     ema: WeightAverage | None  # when ema_decay > 0
-    total_steps: int
+    length: RunLength  # max_steps and/or the time budget
+    progress: Progress  # step and fraction done, read by the scheduler and the weight average
+    clock: TrainClock  # seconds of training steps, over every session of the run
     tokens_per_step: int  # over all processes and accumulation micro-batches
     flops_per_token: float
     peak_flops: float
     state: TrainState
     window: LogWindow
     base_model: str | None = None  # the Hub id fine-tuned from, for the model card
-    train_seconds: float = 0.0  # in the training loop, this process (not validation at the end)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,6 +103,7 @@ def setup(config: Config) -> Run:
     """Check, load data, build tokenizer/model/optimizer, prepare with Accelerate, maybe resume."""
     from accelerate.utils import set_seed
 
+    from hfmini.budget import Progress, TrainClock
     from hfmini.checkpoint import save_weights_as_model
     from hfmini.data import prepare_data
     from hfmini.ema import weight_average_for
@@ -189,9 +192,10 @@ def setup(config: Config) -> Run:
     else:
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     save_weights_as_model(accelerator, tokenizer)
-    total_steps = config.total_train_steps(0 if streaming else len(loader))
+    length = config.run_length(0 if streaming else len(loader))
+    progress = Progress()
     # Not prepared: accelerate would step a prepared scheduler once per process.
-    scheduler = build_scheduler(optimizer, args, total_steps)
+    scheduler = build_scheduler(optimizer, args, length, progress)
     state = TrainState(settings=training_settings(config), data_fingerprint=fingerprint)
     if resume_path is not None:
         state = load_checkpoint(accelerator, resume_path, scheduler)
@@ -200,6 +204,8 @@ def setup(config: Config) -> Run:
 
             data.stream.load_state_dict(load_stream_state(resume_path, accelerator))
         state.settings = training_settings(config)  # a longer constant schedule may differ
+        progress.step = state.step
+        progress.done = length.progress(state.step, state.train_seconds)
         if accelerator.is_main_process:
             truncate_metrics_after(output_dir, state.step)
         logger.info("resumed from %s at step %d", resume_path, state.step)
@@ -216,7 +222,9 @@ def setup(config: Config) -> Run:
         token_bytes=torch.tensor(token_byte_lengths(tokenizer), dtype=torch.float64),
         run_logger=RunLogger(accelerator, output_dir),
         ema=weight_average_for(accelerator, model, args.ema_decay, resume_path),
-        total_steps=total_steps,
+        length=length,
+        progress=progress,
+        clock=TrainClock(state.train_seconds),
         tokens_per_step=config.tokens_per_step(accelerator.num_processes),
         flops_per_token=per_token,
         peak_flops=peak_flops(device, precision),
@@ -229,7 +237,7 @@ def setup(config: Config) -> Run:
         base_model=source.hub_id if source is not None else None,
     )
     start_trackers(accelerator, config)
-    log_run_start(config, accelerator, data, run.model, total_steps)
+    log_run_start(config, accelerator, data, run.model, length)
     return run
 
 
@@ -271,22 +279,15 @@ def training_loader(data, args) -> torch.utils.data.DataLoader:
 
 
 def train(run: Run, stop: StopRequest) -> bool:
-    """Run optimizer steps until total_steps; returns False if stopped early by a signal."""
-    from tqdm.auto import tqdm
-
+    """Run optimizer steps until the run's length; returns False if stopped early by a signal."""
     acc, state = run.accelerator, run.state
     run.model.train()
-    progress = tqdm(
-        total=run.total_steps,
-        initial=state.step,
-        disable=not acc.is_local_main_process,
-        desc="training",
-        dynamic_ncols=True,
-    )
-    run.window.started = started = time.perf_counter()
+    progress = progress_bar(run)
+    run.window.started = time.perf_counter()
+    run.clock.start()
     try:  # close the bar first, so an error message is the last line the user sees
         streaming = is_streaming(run.data)
-        while state.step < run.total_steps:
+        while not run.progress.finished:
             loader = run.train_loader
             if not streaming:  # a stream restores its own position (setup)
                 loader.set_epoch(state.epoch)
@@ -299,19 +300,53 @@ def train(run: Run, stop: StopRequest) -> bool:
                 state.batches_in_epoch += 1
                 if not stepped:
                     continue
-                progress.update(1)
+                advance_bar(run, progress)
                 saved = on_step_end(run, progress, stop)
-                if state.step < run.total_steps and stop_requested(run, stop, saved):
+                if not run.progress.finished and stop_requested(run, stop, saved):
                     return False
-                if state.step >= run.total_steps:
+                if run.progress.finished:
                     break
             else:
                 state.epoch += 1
                 state.batches_in_epoch = 0
     finally:
         progress.close()
-        run.train_seconds += time.perf_counter() - started
+        run.clock.stop()
+    if run.length.has_budget and acc.is_main_process:
+        logger.info(
+            "trained %d steps (%.2fM tokens) in %.1f minutes of training",
+            state.step,
+            state.tokens_seen / 1e6,
+            run.clock.seconds() / 60,
+        )
     return True
+
+
+def progress_bar(run: Run):
+    """Steps out of max_steps; with a time budget, the percent of the run done (the further of
+    steps and time), the step shown beside it."""
+    from tqdm.auto import tqdm
+
+    options = {
+        "disable": not run.accelerator.is_local_main_process,
+        "desc": "training",
+        "dynamic_ncols": True,
+    }
+    if not run.length.has_budget:
+        return tqdm(total=run.length.total_steps, initial=run.state.step, **options)
+    return tqdm(
+        total=100.0,
+        initial=round(100 * run.progress.done, 1),
+        bar_format="{l_bar}{bar}| [{elapsed}<{remaining}{postfix}]",
+        **options,
+    )
+
+
+def advance_bar(run: Run, bar) -> None:
+    if not run.length.has_budget:
+        bar.update(1)
+        return
+    bar.update(round(100 * run.progress.done, 1) - bar.n)
 
 
 def score_start(run: Run, stop: StopRequest) -> bool:
@@ -361,16 +396,40 @@ def training_step(run: Run, batch: dict[str, torch.Tensor]) -> bool:
         run.optimizer.zero_grad(set_to_none=True)
     if not acc.sync_gradients:
         return False
+    run.state.step += 1
+    agree_on_progress(run)
     run.scheduler.step()
     if run.ema is not None:
-        run.ema.update()
-    run.state.step += 1
+        run.ema.update(average_window_scale(run))
     run.state.tokens_seen += run.tokens_per_step
     window.tokens += run.tokens_per_step
     # Remember the first step whose loss was not finite, on the device (read at logging time).
     bad_now = (~torch.isfinite(loss.detach())) & (window.first_bad_step < 0)
     window.first_bad_step = torch.where(bad_now, run.state.step, window.first_bad_step)
     return True
+
+
+def agree_on_progress(run: Run) -> None:
+    """Update `run.progress` after an optimizer step. With a time budget and several processes,
+    all take the slowest clock (one tiny all-reduce a step): the learning rate, and the step that
+    ends the run, must be the same everywhere."""
+    acc, step = run.accelerator, run.state.step
+    seconds = run.clock.seconds() if run.length.has_budget else 0.0
+    if run.length.has_budget and acc.num_processes > 1:
+        elapsed = torch.tensor(seconds, dtype=torch.float64, device=acc.device)
+        seconds = float(acc.reduce(elapsed, reduction="max").item())
+    run.progress.step = step
+    run.progress.done = run.length.progress(step, seconds)
+
+
+def average_window_scale(run: Run) -> float:
+    """The weight average's window, as a fraction of the one `ema_decay` gives: below 1 when a
+    time budget ends the run before max_steps (ema.py)."""
+    length, progress = run.length, run.progress
+    if not (length.has_budget and length.total_steps) or progress.done <= 0.0:
+        return 1.0
+    expected_steps = progress.step / progress.done  # at the pace so far
+    return min(1.0, expected_steps / length.total_steps)
 
 
 def stop_agreed(run: Run, stop: StopRequest) -> bool:
@@ -386,7 +445,8 @@ def stop_requested(run: Run, stop: StopRequest, saved: bool) -> bool:
     to resume. Asked once per step."""
     requested = stop_agreed(run, stop)
     if requested:
-        save_to_resume(run, saved)
+        with run.clock.paused():
+            save_to_resume(run, saved)
     return requested
 
 
@@ -418,7 +478,7 @@ def on_step_end(run: Run, progress, stop: StopRequest) -> bool:
     """Logging, validation (cut short by a signal) and checkpoints after optimizer step
     `run.state.step`; returns whether a checkpoint was saved."""
     args, step = run.config.train, run.state.step
-    is_last = step >= run.total_steps
+    is_last = run.progress.finished
     log_now = step % args.logging_steps == 0 or is_last
     validate_now = args.eval_steps and step % args.eval_steps == 0 and not is_last
     save_now = args.save_steps and step % args.save_steps == 0 and not is_last
@@ -426,10 +486,11 @@ def on_step_end(run: Run, progress, stop: StopRequest) -> bool:
         check_finite(run)
     if log_now:
         log_training(run, progress)
-    if validate_now:
-        validate(run, stop, final=False)
-    if save_now:
-        save(run)
+    with run.clock.paused():  # neither counts against a time budget
+        if validate_now:
+            validate(run, stop, final=False)
+        if save_now:
+            save(run)
     return bool(save_now)
 
 
@@ -559,6 +620,7 @@ def save(run: Run) -> Path:
     state, args = run.state, run.config.train
     state.loss_since_log = float(run.window.loss_sum.item())
     state.batches_since_log = run.window.micro_batches
+    state.train_seconds = run.clock.seconds()
     path = save_checkpoint(
         run.accelerator,
         args.output_dir,
@@ -627,7 +689,7 @@ def finish(run: Run, stop: StopRequest) -> dict:
             "tokens_seen": run.state.tokens_seen,
             "parameters": count_parameters(model, trainable_only=False),
             "trainable_parameters": trainable,
-            "train_runtime": run.train_seconds,
+            "train_runtime": run.clock.seconds(),
             "peak_memory_bytes": peak_memory_bytes(acc.device),
         }
         out = args.output_dir

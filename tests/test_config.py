@@ -64,9 +64,12 @@ def test_yaml_booleans_and_nulls(tmp_path):
     assert config.train.torch_compile == "true" and config.train.compile_on("cpu")
     assert parse_config([]).train.compile_on("cuda")  # auto: on with CUDA
     # auto on a CPU: only for runs long enough to earn back the warm-up
-    assert not parse_config(["--max_steps", "999"]).train.compile_on("cpu")
-    assert parse_config(["--max_steps", "1000"]).train.compile_on("cpu")
-    assert not parse_config(["--max_steps", "-1"]).train.compile_on("cpu")
+    assert not parse_config(["--max_steps", "999"]).train.compile_on("cpu", "bf16")
+    assert parse_config(["--max_steps", "1000"]).train.compile_on("cpu", "bf16")
+    assert not parse_config(["--max_steps", "1000"]).train.compile_on("cpu", "no")  # fp32: eager
+    assert not parse_config(["--max_steps", "-1"]).train.compile_on("cpu", "bf16")
+    budget = parse_config(["--max_train_minutes", "5"]).train
+    assert budget.compile_on("cpu", "bf16") and not budget.compile_on("cpu", "no")
     assert not parse_config(["--torch_compile", "false"]).train.compile_on("cuda")
     auto = parse_config([]).train
     assert auto.precision_on("cuda", bf16_native=True) == "bf16"

@@ -83,7 +83,7 @@ def test_precision_on_mps_is_fp32_unless_asked():
 
 def test_compile_on_mps_is_off_unless_asked():
     assert not TrainArguments(max_steps=5000).compile_on("mps")  # CPU would compile this one
-    assert TrainArguments(max_steps=5000).compile_on("cpu")
+    assert TrainArguments(max_steps=5000).compile_on("cpu", "bf16")
     assert TrainArguments(torch_compile="true").compile_on("mps")
 
 

@@ -67,13 +67,25 @@ def small_data_args(small_data, tiny_base):
     return make
 
 
-@pytest.mark.parametrize("kind, dropout", [("scratch", "0.0"), ("scratch", "0.1"), ("lora", "0.1")])
-def test_resume_mid_epoch_with_accumulation_is_exact(small_data_args, tmp_path, kind, dropout):
+@pytest.mark.parametrize(
+    "kind, dropout, optim",
+    [
+        ("scratch", "0.0", "adamw_torch_fused"),
+        ("scratch", "0.1", "adamw_torch_fused"),
+        ("lora", "0.1", "adamw_torch_fused"),
+        ("scratch", "0.0", "muon"),
+    ],
+)
+def test_resume_mid_epoch_with_accumulation_is_exact(
+    small_data_args, tmp_path, kind, dropout, optim
+):
     """With dropout too: its random draws after a resume must be those of the uninterrupted run.
-    LoRA: the checkpoint holds the adapters only; the frozen base comes from model_name_or_path."""
+    LoRA: the checkpoint holds the adapters only; the frozen base comes from model_name_or_path.
+    Muon: the checkpoint holds both optimizers' states (momentum; AdamW's moments)."""
     full, saved, resumed = tmp_path / "full", tmp_path / "saved", tmp_path / "resumed"
-    run_training(parse_config(small_data_args(full, "--dropout", dropout, kind=kind)))
-    args = small_data_args(saved, "--dropout", dropout, "--save_steps", "4", kind=kind)
+    dropout = (dropout, "--optim", optim)
+    run_training(parse_config(small_data_args(full, "--dropout", *dropout, kind=kind)))
+    args = small_data_args(saved, "--dropout", *dropout, "--save_steps", "4", kind=kind)
     run_training(parse_config(args))
     steps = [p.name for p in list_checkpoints(saved)]
     assert steps == ["step-4", "step-8"]
@@ -88,7 +100,7 @@ def test_resume_mid_epoch_with_accumulation_is_exact(small_data_args, tmp_path, 
     kept = [r for r in rows if json.loads(r)["step"] <= 4]
     later = [r for r in rows if json.loads(r)["step"] > 4][:2]  # a kill leaves a few extra rows
     (resumed / "metrics.jsonl").write_text("\n".join(kept + later) + "\n")
-    resume = ("--dropout", dropout, "--resume_from_checkpoint", "latest")
+    resume = ("--dropout", *dropout, "--resume_from_checkpoint", "latest")
     run_training(parse_config(small_data_args(resumed, *resume, kind=kind)))
     assert losses(resumed) == pytest.approx(losses(full), rel=1e-5)
     assert sorted(losses(resumed)) == list(range(1, 11))  # each step logged once
