@@ -520,7 +520,10 @@ def log_training(run: Run, progress) -> None:
         ),
     }
     run.run_logger.log(metrics, step=state.step)
+    # With a time budget the bar counts percent of the run, so the step goes beside it.
+    step = {"step": state.step} if run.length.has_budget else {}
     progress.set_postfix(
+        **step,
         loss=f"{loss:.3f}",
         lr=f"{metrics['train/learning_rate']:.2e}",
         tok_s=f"{tokens_per_second:,.0f}",

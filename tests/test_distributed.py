@@ -182,3 +182,43 @@ def test_torch_compile_trains_like_eager_and_exports_a_plain_model(tmp_path, cap
     )
     assert max_diff(compiled, eager) < 1e-2
     assert_eval_reproduces_report(compiled, capsys, "--batch_size", "32")
+
+
+@pytest.mark.slow
+def test_torchrun_processes_agree_when_a_time_budget_ends_the_run(tmp_path):
+    """Each process has its own clock; they take the slowest (an all-reduce a step), so all stop
+    after the same step with the same learning rate. Were they to disagree, the one still
+    training would wait forever in its gradient all-reduce (the timeout would fail the test)."""
+    out = tmp_path / "two"
+    args = tiny_run_args(
+        out,
+        100_000,
+        "--max_train_minutes",
+        "0.15",
+        "--logging_steps",
+        "1",
+        "--warmup_steps",
+        "0.1",
+        "--lr_scheduler_type",
+        "linear",
+        "--mixed_precision",
+        "no",
+        "--per_device_train_batch_size",
+        "4",
+    )
+    two = subprocess.run(
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(TRAIN_SCRIPT), *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "0.15 minutes of training, whichever comes first" in two.stderr
+    assert two.stderr.count("model saved to") == 1
+    results = json.loads((out / "eval_results.json").read_text())
+    train = [r for r in rows(out) if "train/loss" in r]
+    assert 10 < results["step"] < 100_000 and train[-1]["step"] == results["step"]
+    assert train[-1]["train/learning_rate"] == pytest.approx(0.0, abs=1e-9)
+    assert results["train_runtime"] == pytest.approx(9.0, rel=0.2)
