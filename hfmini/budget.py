@@ -9,7 +9,8 @@ The learning-rate schedule, its warmup and the weight average are laid out over 
 a run with a time budget ends annealed on a slow CPU and on a fast one alike; only the number of
 steps differs (logged and recorded in the model card).
 
-Training time counts optimizer steps only: validation, sampling and checkpoints pause the clock.
+Training time counts optimizer steps only: validation, sampling and checkpoints pause the clock,
+and torch.compile compiles before it starts (train.compile_before_the_clock).
 The seconds already trained are kept in every checkpoint, so a resumed run stops exactly where the
 unbroken one would have.
 """
@@ -28,6 +29,10 @@ class TrainClock:
     def __init__(self, seconds: float = 0.0):
         self.before = seconds  # seconds trained before the current stretch
         self.since: float | None = None  # perf_counter() when the current stretch started
+
+    @property
+    def running(self) -> bool:
+        return self.since is not None
 
     def start(self) -> None:
         if self.since is None:

@@ -284,7 +284,6 @@ def train(run: Run, stop: StopRequest) -> bool:
     run.model.train()
     progress = progress_bar(run)
     run.window.started = time.perf_counter()
-    run.clock.start()
     try:  # close the bar first, so an error message is the last line the user sees
         streaming = is_streaming(run.data)
         while not run.progress.finished:
@@ -296,6 +295,9 @@ def train(run: Run, stop: StopRequest) -> bool:
             for batch in loader:
                 if streaming:
                     batch = {k: v.to(acc.device) for k, v in batch.items()}
+                if not run.clock.running:  # this session's first batch
+                    compile_before_the_clock(run, batch)
+                    run.clock.start()
                 stepped = training_step(run, batch)
                 state.batches_in_epoch += 1
                 if not stepped:
@@ -320,6 +322,31 @@ def train(run: Run, stop: StopRequest) -> bool:
             run.clock.seconds() / 60,
         )
     return True
+
+
+def compile_before_the_clock(run: Run, batch: dict[str, torch.Tensor]) -> None:
+    """With torch.compile, compile on a forward and backward of the first batch before the time
+    budget's clock starts, then drop its gradients and restore the random state: without dropout
+    the run is the one it would have been (with dropout, the compiled graph's own random stream
+    has moved on by one pass), and compilation (seconds to tens of seconds, once per session)
+    does not eat the warmup of a schedule laid out over minutes. Eager models skip this."""
+    from accelerate.utils import is_compiled_module
+
+    from hfmini.runtime import without_compile
+
+    if not run.length.has_budget:
+        return
+    if not (is_compiled_module(run.model) or is_compiled_module(without_compile(run.model))):
+        return
+    started = time.perf_counter()
+    devices = [run.accelerator.device] if run.accelerator.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        run.model(**model_inputs(batch), use_cache=False).loss.backward()
+    run.optimizer.zero_grad(set_to_none=True)
+    logger.info(
+        "compiled in %.1fs, before the budget's clock started", time.perf_counter() - started
+    )
+    run.window.started += time.perf_counter() - started
 
 
 def progress_bar(run: Run):

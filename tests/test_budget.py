@@ -193,3 +193,32 @@ def test_resume_keeps_the_budget_exact(fake_time, tmp_path):
 
     a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+@pytest.mark.slow
+def test_compilation_happens_before_the_clock_and_leaves_the_run_unchanged(
+    fake_time, tmp_path, monkeypatch
+):
+    """torch.compile's first compilation would eat the warmup of a budget laid out over minutes,
+    so it runs on a throwaway forward and backward before the clock starts. That pass must not
+    change the run: its gradients are dropped, so the weights equal those of a run that compiled
+    inside its first step. (Without dropout: inductor draws a compiled graph's random numbers
+    from its own stream, which the pass moves on; the CPU generator it restores.)"""
+    from safetensors.torch import load_file
+
+    extra = ("--torch_compile", "true")
+    states = []
+    original = hfmini.train.compile_before_the_clock
+
+    def recording(run, batch):
+        states.append((run.clock.running, run.clock.seconds()))
+        return original(run, batch)
+
+    monkeypatch.setattr(hfmini.train, "compile_before_the_clock", recording)
+    run_training(parse_config(budget_args(tmp_path / "warmed", 6, *extra)))
+    assert states == [(False, 0.0)]
+    monkeypatch.setattr(hfmini.train, "compile_before_the_clock", lambda run, batch: None)
+    run_training(parse_config(budget_args(tmp_path / "in_step", 6, *extra)))
+    a = load_file(tmp_path / "warmed" / "model.safetensors")
+    b = load_file(tmp_path / "in_step" / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -216,6 +217,7 @@ def test_torchrun_processes_agree_when_a_time_budget_ends_the_run(tmp_path):
     )
     assert two.returncode == 0, two.stderr[-3000:]
     assert "0.15 minutes of training, whichever comes first" in two.stderr
+    assert re.search(r"trained \d+ steps \(\d+\.\d+M tokens\) in 0\.\d minutes", two.stderr)
     assert two.stderr.count("model saved to") == 1
     results = json.loads((out / "eval_results.json").read_text())
     train = [r for r in rows(out) if "train/loss" in r]
