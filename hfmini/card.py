@@ -227,9 +227,10 @@ def steps_text(args, results: dict) -> str:
     steps = f"{results['step']:,}"
     if not args.max_train_minutes:
         return steps
-    limit = f" (max_steps {args.max_steps:,})" if args.max_steps > 0 else ""
+    limit = f", max_steps {args.max_steps:,}" if args.max_steps > 0 else ""
     minutes = results["train_runtime"] / 60
-    return f"{steps} in {minutes:.1f} minutes of training, budget {args.max_train_minutes:g}{limit}"
+    budget = f"budget {args.max_train_minutes:g} minutes{limit}"
+    return f"{steps} in {minutes:.1f} minutes of training ({budget})"
 
 
 def optimizer_text(args) -> str:

@@ -146,7 +146,7 @@ def test_budget_ends_the_run_annealed_and_records_its_steps(fake_time, tmp_path)
     assert results["step"] == 12 and results["train_runtime"] == pytest.approx(12.0)
     assert results["tokens_seen"] == 12 * 8 * 64
     card = (out / "README.md").read_text()
-    assert "12 in 0.2 minutes of training, budget 0.2 (max_steps 1,000)" in card
+    assert "12 in 0.2 minutes of training (budget 0.2 minutes, max_steps 1,000)" in card
 
 
 def test_max_steps_ends_the_run_first(fake_time, tmp_path):
