@@ -8,7 +8,7 @@ RECIPE ?= recipes/shakespeare/config.yaml
 # Tests and the default run never reach the Hub or W&B servers.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: chat-recipe install train play-groups test test-slow bench docs lint format clean
+.PHONY: chat-recipe install train play-groups test test-slow bench docs notebook lint format clean
 
 $(BIN)/hfmini: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ chat-recipe: install
 # The configuration reference, generated from the dataclasses' help (a test checks it is current).
 docs: install
 	$(BIN)/python -m hfmini.config > docs/configuration.md
+
+# The walkthrough notebook, run top to bottom on a fresh kernel and saved with its outputs (the copy
+# in git shows them); its model lands in notebooks/output/.
+notebook: install
+	cd notebooks && $(OFFLINE) $(abspath $(BIN))/jupyter execute --inplace --timeout=1800 gpt2_from_scratch.ipynb
 
 lint: install
 	$(BIN)/ruff format --check . && $(BIN)/ruff check .

@@ -3,7 +3,7 @@
     python -m hfmini.bench [--recipe recipes/shakespeare/config.yaml] [--output output/bench.json]
                            [--only data training finetuning packing generation]
 
-1. Training: tokens/s of hfmini's real training step (`hfmini.train.training_step` on a Run built
+1. Training: tokens/s of hfmini's real training step (`hfmini.trainer.training_step` on a Run built
    by `setup` from the recipe) vs. a minimal eager PyTorch loop (forward, backward, AdamW step) on
    the same GPT2LMHeadModel, batch and sequence length; and MFU against the peak matmul FLOP/s
    measured in the same run. The two loops alternate in rounds, so load on a shared machine hits
@@ -46,7 +46,7 @@ import torch
 from hfmini.runtime import default_device
 
 if TYPE_CHECKING:
-    from hfmini.train import Run
+    from hfmini.trainer import Run
 
 REPO_RECIPE = "recipes/shakespeare/config.yaml"
 # Long enough that torch_compile auto decides as for a real run, as in bench_training.
@@ -76,7 +76,7 @@ def _synchronize() -> None:
 
 def _optimizer_step(run: Run, batches: list[dict[str, torch.Tensor]]) -> Callable[[], None]:
     """One optimizer step of hfmini's `training_step` per call, cycling through `batches`."""
-    from hfmini.train import training_step
+    from hfmini.trainer import training_step
 
     accumulation = run.config.train.gradient_accumulation_steps
     position = 0
@@ -100,7 +100,7 @@ def bench_training(recipe: str, rounds: int, steps_per_round: int, work_dir: Pat
 
     from hfmini.config import parse_config
     from hfmini.throughput import measure_peak_flops
-    from hfmini.train import setup
+    from hfmini.trainer import setup
 
     config = parse_config(
         [
@@ -240,7 +240,7 @@ def peak_memory_of_run(argv: list[str], steps: int) -> int:
     optimizer state, created by the first step, stays resident and is counted."""
     from hfmini.config import parse_config
     from hfmini.runtime import peak_memory_bytes, reset_peak_memory
-    from hfmini.train import setup
+    from hfmini.trainer import setup
 
     run = setup(parse_config(argv))
     step = _optimizer_step(run, _first_batches(run))
@@ -283,7 +283,7 @@ def bench_finetuning(
 
     from hfmini.config import parse_config
     from hfmini.model import count_parameters
-    from hfmini.train import setup
+    from hfmini.trainer import setup
 
     base = _base_model(recipe, preset, work_dir / f"base-{preset}")
     finetune_recipe = _finetuning_recipe(recipe, base, work_dir / "finetune.yaml")
@@ -391,7 +391,7 @@ def bench_packing(work_dir: Path, rounds: int, n: int = 8) -> dict:
     from hfmini.model import build_model
     from hfmini.packing import pad_sequences
     from hfmini.shakespeare import write_conversations
-    from hfmini.train import model_inputs
+    from hfmini.trainer import model_inputs
 
     paths = write_conversations(work_dir / "chat", max_chars=300)
     layouts = {}
@@ -448,8 +448,8 @@ def bench_generation(recipe: str, new_tokens: int = 256, repeats: int = 5) -> di
     `hfmini generate` and training samples run), transformers' `generate` (also KV cache), and
     recomputing the whole context for each new token."""
     from hfmini.config import parse_config
-    from hfmini.generate import decode
     from hfmini.model import build_model
+    from hfmini.sampling import decode
 
     config = parse_config(["--config", recipe])
     tokenizer = _VocabularyOnly(config.model.vocab_size)  # speed needs only the vocabulary size

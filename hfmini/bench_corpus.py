@@ -7,7 +7,7 @@
    generator for every copy, to --gigabytes and to --small_megabytes (a corpus that fits in
    memory). JSON lines, as large corpora come (or Parquet): a .txt file is one document, which
    `datasets`' text builder reads whole, and whose memory grows with the files.
-2. Runs hfmini's training (`hfmini.train.run_training`) on each in its own process, a micro GPT-2 for --steps steps, with
+2. Runs hfmini's training (`hfmini.trainer.run_training`) on each in its own process, a micro GPT-2 for --steps steps, with
    preprocessing_num_workers set to every core. The big run is confined by a cgroup memory limit
    of --memory_limit_gb when the machine lets one be made (Linux, root, cgroup v1 or v2); else it
    runs unconfined and the report says so.
@@ -183,7 +183,7 @@ def child(argv: list[str]) -> None:
     reads the prepared data from the cache). The last line printed is the timing, as JSON."""
     from hfmini.config import parse_config
     from hfmini.data import prepare_data
-    from hfmini.train import run_training as train
+    from hfmini.trainer import run_training as train
 
     config = parse_config(argv)
     started = time.perf_counter()

@@ -20,7 +20,7 @@ import torch
 from hfmini.chat_template import stop_token_ids
 from hfmini.config import SAMPLING_DEFAULTS
 from hfmini.errors import HfminiError
-from hfmini.generate import _Printer, check_sampling, decode, sampling_warpers
+from hfmini.sampling import _Printer, check_sampling, decode, sampling_warpers
 
 PROMPT = "you> "
 BANNER = "chatting with {}: type a message and Enter; /reset clears the conversation, Ctrl-D quits"
@@ -126,7 +126,7 @@ def run_chat(args: argparse.Namespace) -> None:
     """The REPL behind `hfmini chat`. Ctrl-D at the prompt ends it normally; Ctrl-C at the prompt
     propagates (after a newline) so that `hfmini` exits 130, as for any command interrupted;
     Ctrl-C during a reply only stops that reply."""
-    from hfmini.generate import load_model_and_tokenizer
+    from hfmini.sampling import load_model_and_tokenizer
 
     try:
         import readline  # noqa: F401  (line editing and history for input())

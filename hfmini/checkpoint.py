@@ -312,6 +312,7 @@ RESUMABLE_SETTINGS = frozenset(
         "overwrite_output_dir",
         "resume_from_checkpoint",
         "logging_steps",
+        "disable_tqdm",
         "eval_steps",
         "save_steps",
         "save_total_limit",

@@ -1,4 +1,4 @@
-"""The `hfmini` command: train, generate, chat, eval, plot, push.
+"""The `hfmini` command: train, generate, chat, eval, plot, playground, push.
 
 `push` uploads a finished run trained offline, the same files and checks as --push_to_hub.
 
@@ -56,6 +56,16 @@ def make_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dirs", nargs="+")
     plot.add_argument("-o", "--output", default="loss_curves.png")
 
+    play = commands.add_parser(
+        "playground", help="a local web page to sample from (and chat with) trained models"
+    )
+    play.add_argument("model_dirs", nargs="+", help="model folders; several: a choice between them")
+    play.add_argument(
+        "--host", default="127.0.0.1", help="127.0.0.1: this computer only; 0.0.0.0: your network"
+    )
+    play.add_argument("--port", type=int, default=7860, help="0: the first free one from 7860")
+    play.add_argument("--max_new_tokens", type=int, default=200, help="the page's starting length")
+
     push = commands.add_parser(
         "push", help="upload a finished run to the Hugging Face Hub, as --push_to_hub would have"
     )
@@ -81,7 +91,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args) -> None:
-    from hfmini.generate import (
+    from hfmini.sampling import (
         check_prompt,
         check_sampling,
         generate_text,
@@ -114,111 +124,12 @@ def cmd_chat(args) -> None:
     run_chat(args)
 
 
-def eval_data_args(model_dir: str, validation_file, text_column):
-    """The data source recorded in the model's training_config.yaml, with command-line overrides."""
-    import dataclasses
-
-    from hfmini.config import DataArguments
-
-    recorded = {}
-    config_file = Path(model_dir) / "training_config.yaml"
-    if config_file.is_file():
-        recorded = _read_training_config(config_file)
-    names = {f.name for f in dataclasses.fields(DataArguments)}
-    values = {k: v for k, v in recorded.items() if k in names}
-    _check_recorded_types(values, config_file)
-    if validation_file:
-        values["validation_file"] = validation_file
-        values["train_file"] = values.get("train_file") or validation_file
-        values.pop("dataset_name", None)
-        values.pop("dataset_mixture", None)
-        values["streaming"] = False  # the file named is scored whole
-    if text_column:
-        values["text_column"] = text_column
-    return DataArguments(**values)
-
-
-_FIX_RECORD = "fix it, or delete it and pass --validation_file"
-
-
-def _read_training_config(config_file: Path) -> dict:
-    from hfmini.config import read_yaml
-
-    recorded = read_yaml(config_file, str(config_file), _FIX_RECORD) or {}
-    if not isinstance(recorded, dict):
-        raise HfminiError(
-            f"{config_file} must be a mapping of key: value, got a {type(recorded).__name__}: "
-            f"{_FIX_RECORD}"
-        )
-    return recorded
-
-
-def _check_recorded_types(values: dict, config_file: Path) -> None:
-    """Each recorded value has its DataArguments field's type (int, float, str, list[str], None)."""
-    import types
-    import typing
-
-    from hfmini.config import DataArguments
-
-    def fits(value, kind) -> bool:
-        if kind is type(None):
-            return value is None
-        if typing.get_origin(kind) is list:
-            return isinstance(value, list) and all(isinstance(v, str) for v in value)
-        if isinstance(value, bool):
-            return kind is bool
-        return isinstance(value, int | float) if kind is float else isinstance(value, kind)
-
-    hints = typing.get_type_hints(DataArguments)
-    for key, value in values.items():
-        kinds = typing.get_args(hints[key]) if isinstance(hints[key], types.UnionType) else ()
-        kinds = kinds or (hints[key],)
-        if not any(fits(value, kind) for kind in kinds):
-            names = [k.__name__ if isinstance(k, type) else str(k) for k in kinds]
-            expected = " or ".join(names).replace("NoneType", "None")
-            raise HfminiError(
-                f"{config_file}: {key} must be {expected}, got {value!r}: {_FIX_RECORD}"
-            )
-
-
 def cmd_eval(args) -> dict:
-    import torch
+    from hfmini.evaluation import evaluate_model
 
-    from hfmini.data import prepare_eval_tokens
-    from hfmini.evaluation import evaluate_examples, evaluate_stream
-    from hfmini.generate import load_model_and_tokenizer
-    from hfmini.sft import eval_examples
-    from hfmini.tokenizer import token_byte_lengths
-
-    if args.batch_size <= 0:
-        raise HfminiError(f"batch_size must be positive, got {args.batch_size}")
-    model, tokenizer = load_model_and_tokenizer(args.model_dir)
-    block_size = args.block_size or model.config.max_position_embeddings
-    if not 2 <= block_size <= model.config.max_position_embeddings:
-        raise HfminiError(
-            f"block_size must be between 2 and the model's context "
-            f"{model.config.max_position_embeddings}, got {block_size}"
-        )
-    data_args = eval_data_args(args.model_dir, args.validation_file, args.text_column)
-    token_bytes = torch.tensor(token_byte_lengths(tokenizer), dtype=torch.float64)
-    # Prompt-completion or conversations: the answers are scored, as in training.
-    examples = eval_examples(data_args, tokenizer, args.block_size or data_args.block_size)
-    if examples is not None:
-        pad_id = tokenizer.pad_token_id
-        metrics = evaluate_examples(model, examples, pad_id, args.batch_size, token_bytes)
-        print(json.dumps(metrics))
-        return metrics
-    tokens = prepare_eval_tokens(data_args, tokenizer)
-    # Bits per byte divides by the bytes of the predicted tokens: all but the first of each block.
-    # (A count per token id, not a byte count per token: no tensor the size of the stream.)
-    counts = torch.bincount(tokens, minlength=len(token_bytes)).double()
-    scored = counts @ token_bytes - token_bytes[tokens[::block_size].long()].sum()
-    if scored <= 0:
-        raise HfminiError(
-            f"the validation text is too short to score: its {tokens.numel()} tokens leave no "
-            "text to predict after the first token of a block; add text"
-        )
-    metrics = evaluate_stream(model, tokens, block_size, args.batch_size, token_bytes)
+    metrics = evaluate_model(
+        args.model_dir, args.validation_file, args.text_column, args.block_size, args.batch_size
+    )
     print(json.dumps(metrics))
     return metrics
 
@@ -227,6 +138,16 @@ def cmd_plot(args) -> None:
     from hfmini.plot import plot_runs
 
     print(plot_runs(args.run_dirs, args.output))
+
+
+def cmd_playground(args) -> None:
+    try:
+        from hfmini.playground import serve
+    except ImportError as err:
+        if err.name != "gradio":
+            raise
+        raise HfminiError("the playground needs gradio: pip install 'hfmini[playground]'") from None
+    serve(args.model_dirs, args.host, args.port, args.max_new_tokens)
 
 
 def cmd_push(args) -> str:
@@ -246,7 +167,7 @@ def cmd_push(args) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
-        from hfmini.train import main as train_main
+        from hfmini.trainer import main as train_main
 
         return train_main(argv[1:])
     args = make_parser().parse_args(argv)
@@ -256,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             "chat": cmd_chat,
             "eval": cmd_eval,
             "plot": cmd_plot,
+            "playground": cmd_playground,
             "push": cmd_push,
         }
         commands[args.command](args)

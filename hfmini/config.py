@@ -428,6 +428,10 @@ class TrainArguments:
         },
     )
     logging_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    disable_tqdm: bool = field(
+        default=False,
+        metadata={"help": "Hide the progress bar (the log lines stay), e.g. in a notebook."},
+    )
     eval_steps: int = field(
         default=200, metadata={"help": "Evaluate every N steps; 0: only at end."}
     )
@@ -566,8 +570,8 @@ class TrainArguments:
         """auto compiles with CUDA, and on a CPU for long runs in bf16 autocast: max_steps of at
         least COMPILE_MIN_CPU_STEPS or a budget of COMPILE_MIN_CPU_MINUTES. There compile gains a
         few tens of percent in tokens/s after a warm-up of several seconds, which a short run
-        never earns back. In fp32 on a CPU the matmuls are most of the step and compile gained
-        0-7% for a warm-up of 8-30 s (docs/results.md), so auto stays eager. Epoch-based runs
+        never earns back. In fp32 on a CPU the matmuls are most of the step and compile gained a
+        few percent at most for a warm-up of tens of seconds (docs/results.md), so auto stays eager. Epoch-based runs
         stay eager on CPU. On MPS auto stays eager: torch's source calls inductor's Metal backend
         "an early prototype", so compiling costs a warm-up and risks a failed compile for a gain
         nobody has measured here; true still compiles."""
@@ -706,11 +710,15 @@ def _yaml_to_argv(path: str) -> list[str]:
     values = read_yaml(path, f"config file {path}", "save it as UTF-8 YAML") or {}
     if not isinstance(values, dict):
         raise HfminiError(f"config file {path} must be a flat mapping of key: value")
+    return _values_to_argv(values, f"in {path}")
+
+
+def _values_to_argv(values: dict, where: str) -> list[str]:
     keys = set(known_keys())
     argv: list[str] = []
     for key, value in values.items():
         if key not in keys:
-            raise _unknown_key_error(str(key), f"in {path}")
+            raise _unknown_key_error(str(key), where)
         if value is None:
             continue
         items = value if isinstance(value, list) else [value]
@@ -772,6 +780,14 @@ def parse_config(argv: list[str] | None = None) -> Config:
         names = {f.name for f in dataclasses.fields(group) if f.init}
         groups.append(group(**{k: v for k, v in values.items() if k in names}))
     return Config(*groups)
+
+
+def make_config(config_file: str | Path | None = None, **values: Any) -> Config:
+    """A Config from Python: `make_config(model_size="micro", max_steps=200)`, optionally on top of
+    a recipe (`make_config("recipes/tiny/config.yaml", max_steps=50)`). The keys and checks are
+    exactly those of the YAML and the command line: the values go through the same parser."""
+    argv = ["--config", str(config_file)] if config_file is not None else []
+    return parse_config(argv + _values_to_argv(values, "passed to make_config"))
 
 
 def reference_markdown() -> str:

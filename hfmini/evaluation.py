@@ -13,9 +13,12 @@ predicted and their NLL counted, but they stand for no bytes of text.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from hfmini.errors import HfminiError
 
 
 def block_ranges(n_tokens: int, block_size: int) -> list[tuple[int, int]]:
@@ -156,3 +159,119 @@ def evaluate_examples(
 
     sums = _score(model, groups, run_by_all, make_batch, token_bytes, accelerator, should_stop)
     return None if sums is None else metrics_from_sums(*sums.tolist())
+
+
+# ---------------------------------------------------------------------------------------------
+# a saved model, scored as training scored it (`hfmini eval`)
+
+
+def eval_data_args(model_dir: str | Path, validation_file, text_column):
+    """The data source recorded in the model's training_config.yaml, with command-line overrides."""
+    import dataclasses
+
+    from hfmini.config import DataArguments
+
+    recorded = {}
+    config_file = Path(model_dir) / "training_config.yaml"
+    if config_file.is_file():
+        recorded = _read_training_config(config_file)
+    names = {f.name for f in dataclasses.fields(DataArguments)}
+    values = {k: v for k, v in recorded.items() if k in names}
+    _check_recorded_types(values, config_file)
+    if validation_file:
+        values["validation_file"] = validation_file
+        values["train_file"] = values.get("train_file") or validation_file
+        values.pop("dataset_name", None)
+        values.pop("dataset_mixture", None)
+        values["streaming"] = False  # the file named is scored whole
+    if text_column:
+        values["text_column"] = text_column
+    return DataArguments(**values)
+
+
+_FIX_RECORD = "fix it, or delete it and pass --validation_file"
+
+
+def _read_training_config(config_file: Path) -> dict:
+    from hfmini.config import read_yaml
+
+    recorded = read_yaml(config_file, str(config_file), _FIX_RECORD) or {}
+    if not isinstance(recorded, dict):
+        raise HfminiError(
+            f"{config_file} must be a mapping of key: value, got a {type(recorded).__name__}: "
+            f"{_FIX_RECORD}"
+        )
+    return recorded
+
+
+def _check_recorded_types(values: dict, config_file: Path) -> None:
+    """Each recorded value has its DataArguments field's type (int, float, str, list[str], None)."""
+    import types
+    import typing
+
+    from hfmini.config import DataArguments
+
+    def fits(value, kind) -> bool:
+        if kind is type(None):
+            return value is None
+        if typing.get_origin(kind) is list:
+            return isinstance(value, list) and all(isinstance(v, str) for v in value)
+        if isinstance(value, bool):
+            return kind is bool
+        return isinstance(value, int | float) if kind is float else isinstance(value, kind)
+
+    hints = typing.get_type_hints(DataArguments)
+    for key, value in values.items():
+        kinds = typing.get_args(hints[key]) if isinstance(hints[key], types.UnionType) else ()
+        kinds = kinds or (hints[key],)
+        if not any(fits(value, kind) for kind in kinds):
+            names = [k.__name__ if isinstance(k, type) else str(k) for k in kinds]
+            expected = " or ".join(names).replace("NoneType", "None")
+            raise HfminiError(
+                f"{config_file}: {key} must be {expected}, got {value!r}: {_FIX_RECORD}"
+            )
+
+
+def evaluate_model(
+    model_dir: str | Path,
+    validation_file: list[str] | None = None,
+    text_column: str | None = None,
+    block_size: int | None = None,
+    batch_size: int = 16,
+) -> dict[str, float]:
+    """Score a saved model (`hfmini eval`): by default on the validation split it was trained
+    with, as recorded in its training_config.yaml; else on `validation_file`. Returns eval_loss,
+    perplexity, bits_per_byte and the token and byte counts scored."""
+    from hfmini.data import prepare_eval_tokens
+    from hfmini.sampling import load_model_and_tokenizer
+    from hfmini.sft import eval_examples
+    from hfmini.tokenizer import token_byte_lengths
+
+    if batch_size <= 0:
+        raise HfminiError(f"batch_size must be positive, got {batch_size}")
+    model, tokenizer = load_model_and_tokenizer(model_dir)
+    # A text stream is scored in blocks of the model's whole context unless told otherwise.
+    stream_block = block_size or model.config.max_position_embeddings
+    if not 2 <= stream_block <= model.config.max_position_embeddings:
+        raise HfminiError(
+            f"block_size must be between 2 and the model's context "
+            f"{model.config.max_position_embeddings}, got {stream_block}"
+        )
+    data_args = eval_data_args(model_dir, validation_file, text_column)
+    token_bytes = torch.tensor(token_byte_lengths(tokenizer), dtype=torch.float64)
+    # Prompt-completion or conversations: the answers are scored, as in training.
+    examples = eval_examples(data_args, tokenizer, block_size or data_args.block_size)
+    if examples is not None:
+        pad_id = tokenizer.pad_token_id
+        return evaluate_examples(model, examples, pad_id, batch_size, token_bytes)
+    tokens = prepare_eval_tokens(data_args, tokenizer)
+    # Bits per byte divides by the bytes of the predicted tokens: all but the first of each block.
+    # (A count per token id, not a byte count per token: no tensor the size of the stream.)
+    counts = torch.bincount(tokens, minlength=len(token_bytes)).double()
+    scored = counts @ token_bytes - token_bytes[tokens[::stream_block].long()].sum()
+    if scored <= 0:
+        raise HfminiError(
+            f"the validation text is too short to score: its {tokens.numel()} tokens leave no "
+            "text to predict after the first token of a block; add text"
+        )
+    return evaluate_stream(model, tokens, stream_block, batch_size, token_bytes)

@@ -35,13 +35,16 @@ def generation_config_for(model, tokenizer):
     from hfmini.chat_template import stop_token_ids
 
     stop = stop_token_ids(tokenizer)
+    context = getattr(model.config, "max_position_embeddings", None) or 400
     return GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=stop if len(stop) > 1 else tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         do_sample=True,
         **SAMPLING_DEFAULTS,
-        max_new_tokens=min(200, getattr(model.config, "max_position_embeddings", None) or 200),
+        # transformers' generate cannot run past the context (hfmini's sampling slides), so the
+        # default length leaves room for a prompt of half the context.
+        max_new_tokens=max(1, min(200, context // 2)),
     )
 
 

@@ -60,10 +60,10 @@ class Muon(torch.optim.Optimizer):
     factor gives the update the RMS of a typical AdamW update, so one learning rate serves both.
 
     Why not torch.optim.Muon itself: it runs the Newton-Schulz steps in bf16, which a CPU without
-    bf16 in hardware emulates; on an AVX2 CPU that made the training step of the default recipe 5×
-    slower. Here the steps run in `orthogonalize_dtype`: bf16 on a GPU, fp32 on a CPU, where they
-    cost 4·m²·n + 2·m³ FLOPs per step and m×n matrix (m ≤ n), about a fifth of the forward and
-    backward at the default recipe's size and batch.
+    bf16 in hardware emulates; on an AVX2 CPU that made the default recipe's training step several
+    times slower (docs/results.md). Here the steps run in `orthogonalize_dtype`: bf16 on a GPU, fp32
+    on a CPU, where they cost 4·m²·n + 2·m³ FLOPs per step and m×n matrix (m ≤ n), a fraction of
+    the forward and backward at the default recipe's size and batch.
     """
 
     def __init__(

@@ -19,12 +19,12 @@ def plot_runs(
             f"cannot write the plot to {out_path}: {blocker} is a file, not a folder; choose "
             "another -o path"
         )
-    import matplotlib
+    # A Figure of its own, not pyplot's: no display needed, and the backend of a notebook or a
+    # program around us (matplotlib.use is process-wide) is left as it was.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    fig, (by_step, by_tokens) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    fig = Figure(figsize=(11, 4.2), constrained_layout=True)
+    by_step, by_tokens = fig.subplots(1, 2)
     drawn = 0
     for index, run_dir in enumerate(run_dirs):
         rows = read_metrics(run_dir)
@@ -74,6 +74,4 @@ def plot_runs(
         raise HfminiError(
             f"cannot write the plot to {out_path} ({err.strerror or err}): choose another -o path"
         ) from None
-    finally:
-        plt.close(fig)
     return out_path

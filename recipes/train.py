@@ -12,6 +12,6 @@ from hfmini.interrupt import stop_with_launcher
 
 if __name__ == "__main__":
     stop_with_launcher()  # first: should the launcher die during the imports, so do we
-    from hfmini.train import main
+    from hfmini.trainer import main
 
     sys.exit(main())

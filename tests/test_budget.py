@@ -13,12 +13,12 @@ from conftest import tiny_run_args
 
 import hfmini.budget
 import hfmini.ema
-import hfmini.train
+import hfmini.trainer
 from hfmini.budget import Progress, RunLength, TrainClock
 from hfmini.config import parse_config
 from hfmini.errors import HfminiError
 from hfmini.optim import build_scheduler
-from hfmini.train import run_training
+from hfmini.trainer import run_training
 
 
 class FakeTime:
@@ -37,7 +37,11 @@ def fake_time(monkeypatch):
     must not count."""
     clock = FakeTime()
     monkeypatch.setattr(hfmini.budget, "time", clock)
-    step, validate, save = hfmini.train.training_step, hfmini.train.validate, hfmini.train.save
+    step, validate, save = (
+        hfmini.trainer.training_step,
+        hfmini.trainer.validate,
+        hfmini.trainer.save,
+    )
 
     def timed(original, seconds):
         def call(*args, **kwargs):
@@ -46,9 +50,9 @@ def fake_time(monkeypatch):
 
         return call
 
-    monkeypatch.setattr(hfmini.train, "training_step", timed(step, 1.0))
-    monkeypatch.setattr(hfmini.train, "validate", timed(validate, 100.0))
-    monkeypatch.setattr(hfmini.train, "save", timed(save, 100.0))
+    monkeypatch.setattr(hfmini.trainer, "training_step", timed(step, 1.0))
+    monkeypatch.setattr(hfmini.trainer, "validate", timed(validate, 100.0))
+    monkeypatch.setattr(hfmini.trainer, "save", timed(save, 100.0))
     return clock
 
 
@@ -208,16 +212,16 @@ def test_compilation_happens_before_the_clock_and_leaves_the_run_unchanged(
 
     extra = ("--torch_compile", "true")
     states = []
-    original = hfmini.train.compile_before_the_clock
+    original = hfmini.trainer.compile_before_the_clock
 
     def recording(run, batch):
         states.append((run.clock.running, run.clock.seconds()))
         return original(run, batch)
 
-    monkeypatch.setattr(hfmini.train, "compile_before_the_clock", recording)
+    monkeypatch.setattr(hfmini.trainer, "compile_before_the_clock", recording)
     run_training(parse_config(budget_args(tmp_path / "warmed", 6, *extra)))
     assert states == [(False, 0.0)]
-    monkeypatch.setattr(hfmini.train, "compile_before_the_clock", lambda run, batch: None)
+    monkeypatch.setattr(hfmini.trainer, "compile_before_the_clock", lambda run, batch: None)
     run_training(parse_config(budget_args(tmp_path / "in_step", 6, *extra)))
     a = load_file(tmp_path / "warmed" / "model.safetensors")
     b = load_file(tmp_path / "in_step" / "model.safetensors")

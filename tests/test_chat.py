@@ -51,7 +51,7 @@ def chat_dir(tmp_path_factory):
 
 @pytest.fixture
 def loaded(chat_dir):
-    from hfmini.generate import load_model_and_tokenizer
+    from hfmini.sampling import load_model_and_tokenizer
 
     return load_model_and_tokenizer(chat_dir, device="cpu")
 

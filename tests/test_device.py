@@ -49,7 +49,7 @@ def test_default_device_probes_the_machine(monkeypatch, cuda, mps, expected):
 
 def test_sampling_loads_the_model_onto_the_default_device(monkeypatch):
     import hfmini.pretrained
-    from hfmini.generate import load_model_and_tokenizer
+    from hfmini.sampling import load_model_and_tokenizer
 
     class Model:  # stands in for a model: records where it was moved
         def to(self, device):

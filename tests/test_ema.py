@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from hfmini.config import parse_config
 from hfmini.ema import WeightAverage
 from hfmini.errors import HfminiError
-from hfmini.train import run_training
+from hfmini.trainer import run_training
 
 
 def test_average_follows_the_ramped_decay(tmp_path):

@@ -25,7 +25,7 @@ from conftest import (
 )
 
 from hfmini import cli
-from hfmini import train as train_module
+from hfmini import trainer as train_module
 from hfmini.checkpoint import list_checkpoints, resolve_resume_path
 from hfmini.errors import HfminiError
 

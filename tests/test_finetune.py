@@ -21,8 +21,8 @@ from hfmini.checkpoint import list_checkpoints
 from hfmini.cli import main as cli_main
 from hfmini.config import parse_config
 from hfmini.errors import HfminiError
-from hfmini.train import main as train_main
-from hfmini.train import run_training
+from hfmini.trainer import main as train_main
+from hfmini.trainer import run_training
 
 
 def finetune_args(base, out, steps=4, *overrides):
@@ -411,7 +411,7 @@ def test_sampling_from_a_lora_model_uses_the_cache_name_of_the_model_it_wraps():
     from peft import LoraConfig, get_peft_model
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from hfmini.generate import _cache_argument, decode
+    from hfmini.sampling import _cache_argument, decode
 
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2)

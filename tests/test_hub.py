@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from hfmini import cli, hub
 from hfmini.config import parse_config
 from hfmini.errors import HfminiError
-from hfmini.train import run_training
+from hfmini.trainer import run_training
 
 SECRET = "hf_fakeTOKENthatMustNeverBeWritten123"
 

@@ -103,7 +103,7 @@ def test_a_mixture_trains_end_to_end(sources, tmp_path, capsys):
     args = tiny_run_args(
         out, 2, "--dataset_mixture", *mixture, "--vocab_size", "300", "--block_size", "32"
     )
-    from hfmini.train import run_training
+    from hfmini.trainer import run_training
 
     run_training(parse_config(args))
     assert (out / "model.safetensors").is_file()

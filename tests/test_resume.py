@@ -17,7 +17,7 @@ from hfmini.checkpoint import TrainState, list_checkpoints, resolve_resume_path
 from hfmini.config import parse_config
 from hfmini.errors import HfminiError
 from hfmini.interrupt import StopRequest
-from hfmini.train import run_training
+from hfmini.trainer import run_training
 
 
 def losses(out):

@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import tiny_run_args, tmpfs, train_error, write_lines
 
-from hfmini import train as train_module
+from hfmini import trainer as train_module
 from hfmini.checkpoint import (
     TrainState,
     check_resume_settings,
@@ -20,7 +20,7 @@ from hfmini.checkpoint import (
 from hfmini.config import parse_config
 from hfmini.errors import HfminiError
 from hfmini.output_dir import LOCK_FILE, holds_finished_model
-from hfmini.train import run_training
+from hfmini.trainer import run_training
 
 
 def snapshot(folder):

@@ -20,7 +20,7 @@ from hfmini.chat_template import DEFAULT_CHAT_TEMPLATE, apply_template, end_of_t
 from hfmini.config import parse_config
 from hfmini.packing import IGNORE_INDEX, pack_examples, pad_sequences
 from hfmini.sft import data_format
-from hfmini.train import model_inputs, run_training
+from hfmini.trainer import model_inputs, run_training
 
 WORDS = "thou art the king my lord what say you good night sweet prince fair and".split()
 

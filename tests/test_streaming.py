@@ -22,7 +22,7 @@ from conftest import (
 from safetensors.torch import load_file
 
 from hfmini.config import parse_config
-from hfmini.train import run_training
+from hfmini.trainer import run_training
 
 
 def documents(path: Path, n: int, seed: int = 0) -> Path:

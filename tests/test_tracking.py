@@ -12,7 +12,7 @@ from hfmini.config import known_keys, parse_config
 from hfmini.errors import HfminiError
 from hfmini.metrics import load_metric
 from hfmini.plot import plot_runs
-from hfmini.train import run_training
+from hfmini.trainer import run_training
 
 
 def png_size(path):

@@ -52,7 +52,7 @@ def ending_rate(
     that leaves less than MIN_ROOM tokens of the context is skipped: its reply would be cut."""
     from hfmini.chat_template import stop_token_ids
     from hfmini.config import SAMPLING_DEFAULTS
-    from hfmini.generate import decode, sampling_warpers
+    from hfmini.sampling import decode, sampling_warpers
 
     warpers = sampling_warpers(**SAMPLING_DEFAULTS)
     stop = set(stop_token_ids(tokenizer)) if chat else {tokenizer.eos_token_id}
@@ -79,7 +79,7 @@ def ending_rate(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hfmini.generate import load_model_and_tokenizer
+    from hfmini.sampling import load_model_and_tokenizer
 
     parser = argparse.ArgumentParser()
     parser.add_argument("root", nargs="?", default="output")

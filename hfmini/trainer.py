@@ -355,7 +355,7 @@ def progress_bar(run: Run):
     from tqdm.auto import tqdm
 
     options = {
-        "disable": not run.accelerator.is_local_main_process,
+        "disable": run.config.train.disable_tqdm or not run.accelerator.is_local_main_process,
         "desc": "training",
         "dynamic_ncols": True,
     }
@@ -563,10 +563,10 @@ def validate(run: Run, stop: StopRequest, final: bool) -> tuple[dict, list] | No
     """Score the validation split, sample from the prompts, log both, redraw the loss curve.
     Returns (metrics, [(prompt, sample)]), or None if a signal cut the scoring short."""
     from hfmini.evaluation import evaluate_examples, evaluate_stream
-    from hfmini.generate import generate_text
     from hfmini.packing import PreparedExamples
     from hfmini.plot import plot_runs
     from hfmini.runtime import inference_model
+    from hfmini.sampling import generate_text
 
     acc, args = run.accelerator, run.config.train
     started = time.perf_counter()

@@ -5,7 +5,7 @@ from conftest import tiny_run_args
 
 from hfmini.config import parse_config
 from hfmini.errors import HfminiError
-from hfmini.train import run_training
+from hfmini.trainer import run_training
 
 
 def read_rows(out):
@@ -117,7 +117,7 @@ def test_training_and_validation_build_no_kv_cache(tiny_args, monkeypatch):
 
     from hfmini.evaluation import evaluate_stream
     from hfmini.interrupt import StopRequest
-    from hfmini.train import setup, train
+    from hfmini.trainer import setup, train
 
     run = setup(parse_config(tiny_args))
     built = []

@@ -3,8 +3,8 @@ import torch
 
 from hfmini.config import ModelArguments
 from hfmini.errors import HfminiError
-from hfmini.generate import decode, generate_text, sampling_warpers
 from hfmini.model import build_model
+from hfmini.sampling import decode, generate_text, sampling_warpers
 from hfmini.tokenizer import train_tokenizer
 
 
