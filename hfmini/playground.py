@@ -75,7 +75,7 @@ class Playground:
         metrics.jsonl (as `hfmini plot` would), else none."""
         from hfmini.plot import plot_runs
 
-        with self._lock:  # matplotlib's pyplot is not thread-safe
+        with self._lock:  # two first requests for a folder draw its curve once
             if folder not in self._curves:
                 png, metrics = Path(folder) / "loss_curve.png", Path(folder) / "metrics.jsonl"
                 if png.is_file():
@@ -128,9 +128,7 @@ class Playground:
 def page_error(err: HfminiError) -> gr.Error:
     """The error as a message in the page. No traceback in the terminal: the page's user made
     the mistake, and a traceback there would look like a crash of the server."""
-    error = gr.Error(str(err))
-    error.print_exception = False  # an attribute, not the keyword: older gradio 5 lacks that
-    return error
+    return gr.Error(str(err), print_exception=False)
 
 
 def _number(value, name: str) -> float:
