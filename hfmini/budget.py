@@ -10,7 +10,7 @@ a run with a time budget ends annealed on a slow CPU and on a fast one alike; on
 steps differs (logged and recorded in the model card).
 
 Training time counts optimizer steps only: validation, sampling and checkpoints pause the clock,
-and torch.compile compiles before it starts (train.compile_before_the_clock).
+and torch.compile compiles before it starts (trainer.compile_before_the_clock).
 The seconds already trained are kept in every checkpoint, so a resumed run stops exactly where the
 unbroken one would have.
 """
@@ -93,7 +93,7 @@ class RunLength:
 @dataclass
 class Progress:
     """Where the run is, as the schedule and the weight average read it after each optimizer
-    step. Every process holds the same values (train.agree_on_progress)."""
+    step. Every process holds the same values (trainer.agree_on_progress)."""
 
     step: int = 0
     done: float = 0.0  # RunLength.progress: the fraction of the run done
