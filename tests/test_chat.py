@@ -206,7 +206,8 @@ class _Terminal:
     def send(self, keys: str) -> None:
         os.write(self.fd, keys.encode())
 
-    def wait(self, timeout: float = 30) -> int:
+    def poll(self, timeout: float) -> int | None:
+        """The exit status once the command has ended within `timeout`, else None."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -214,7 +215,13 @@ class _Terminal:
                 self.code = os.waitstatus_to_exitcode(status)
                 return self.code
             self._read(0.1)  # keep the terminal drained
-        pytest.fail(f"still running after {timeout}s; output:\n{self.out}")
+        return None
+
+    def wait(self, timeout: float = 30) -> int:
+        code = self.poll(timeout)
+        if code is None:
+            pytest.fail(f"still running after {timeout}s; output:\n{self.out}")
+        return code
 
     def close(self) -> None:
         if self.code is None:
@@ -252,13 +259,19 @@ def test_chat_in_a_terminal_answers_resets_and_quits_on_ctrl_d(chat_dir, loaded)
 def test_ctrl_c_at_the_prompt_exits_130(chat_dir):
     with _chat_in_terminal(chat_dir) as terminal:
         terminal.expect("you> ")
-        # As a person, after the prompt is up: Python's readline acts on a SIGINT that interrupts
-        # its wait for keys; one landing between drawing the prompt and that wait stays pending
-        # until the next Ctrl-C (seen here with no pause, about one run in two).
+        # As a person, after the prompt is up. CPython's readline acts on a SIGINT that
+        # interrupts its wait for keys; one landing between drawing the prompt and that wait
+        # stays pending until the next Ctrl-C (without the pause, about one run in two here; with
+        # it, still seen on a loaded machine). A person presses again, and so does this test.
         time.sleep(1)
-        terminal.send("\x03")
-        assert terminal.wait() == 130  # 128 + SIGINT, as for any interrupted command
+        presses = 0
+        while presses < 10 and terminal.code is None:
+            terminal.send("\x03")
+            presses += 1
+            terminal.poll(3)
+        assert terminal.code == 130, terminal.out  # 128 + SIGINT, as for any interrupted command
         assert "Traceback" not in terminal.out
+        print(f"exited 130 after {presses} Ctrl-C")
 
 
 def test_a_model_without_chat_template_is_a_one_line_error(tmp_path):
