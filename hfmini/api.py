@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hfmini.config import (
+# Re-exported (F401): hfmini/__init__.py lists these names in `_API`.
+from hfmini import _API
+from hfmini.config import (  # noqa: F401
     MODEL_PRESETS,
     SAMPLING_DEFAULTS,
     Config,
@@ -26,30 +28,14 @@ from hfmini.config import (
     TrainArguments,
     make_config,
 )
-from hfmini.data import prepare_data
+from hfmini.data import prepare_data  # noqa: F401
 from hfmini.errors import HfminiError
-from hfmini.model import count_parameters
+from hfmini.model import count_parameters  # noqa: F401
 from hfmini.sampling import load_model_and_tokenizer as load_model
-from hfmini.tracking import read_metrics
+from hfmini.tracking import read_metrics  # noqa: F401
 
-__all__ = [
-    "MODEL_PRESETS",
-    "SAMPLING_DEFAULTS",
-    "Config",
-    "DataArguments",
-    "HfminiError",
-    "ModelArguments",
-    "TrainArguments",
-    "build_model",
-    "count_parameters",
-    "evaluate",
-    "generate",
-    "load_model",
-    "make_config",
-    "prepare_data",
-    "read_metrics",
-    "train",
-]
+# Listed once, in the package, which must know the names without importing this module.
+__all__ = list(_API)
 
 
 def build_model(config: Config, tokenizer):
