@@ -1,9 +1,12 @@
 """hfmini: train miniature GPT-2 models from scratch on the Hugging Face stack.
 
-Each stage lives in its own module, and data flows one way: config → sources (shakespeare) →
-data (tokenizer) → model → trainer (evaluation, tracking, checkpoint) → export (card, hub) →
-sampling. The Python API (`from hfmini import make_config, train, ...`, see `hfmini.api`) is
-imported on first use, so that `import hfmini` and `hfmini --help` stay instant.
+One package per layer, imports only running down (tests/test_layers.py keeps it so):
+
+    errors, cache, run_folder → config → models → data → outputs → training → serving
+      → api, cli, shakespeare, bench (the commands)
+
+The Python API (`from hfmini import make_config, train, ...`, see `hfmini.api`) is imported on
+first use, so that `import hfmini` and `hfmini --help` stay instant.
 """
 
 __version__ = "0.1.0"
@@ -31,6 +34,7 @@ __all__ = [*_API, "__version__"]
 
 def __getattr__(name: str):
     if name in _API:
+        # On first use: the API imports torch, which `import hfmini` and `hfmini --help` avoid.
         from hfmini import api
 
         return getattr(api, name)

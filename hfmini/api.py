@@ -1,6 +1,9 @@
 """hfmini from Python: the stages `hfmini train`, `eval` and `generate` run, as a few calls.
 
-    from hfmini import make_config, train, evaluate, generate
+    from hfmini.config.parsing import make_config
+    from hfmini import train
+    from hfmini.api import evaluate
+    from hfmini.api import generate
 
     config = make_config(model_size="micro", max_steps=200, output_dir="output/api")
     results = train(config)               # tokenizer, model, AdamW loop, export to output_dir
@@ -17,9 +20,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# Re-exported (F401): hfmini/__init__.py lists these names in `_API`.
-from hfmini import _API
+# Re-exported (F401): hfmini/__init__.py lists the API's names, once, in `_API`.
 from hfmini.config import (  # noqa: F401
+    DEFAULT_MAX_NEW_TOKENS,
     MODEL_PRESETS,
     SAMPLING_DEFAULTS,
     Config,
@@ -28,20 +31,20 @@ from hfmini.config import (  # noqa: F401
     TrainArguments,
     make_config,
 )
-from hfmini.data import prepare_data  # noqa: F401
+from hfmini.data.prepare import prepare_data  # noqa: F401
 from hfmini.errors import HfminiError
-from hfmini.model import count_parameters  # noqa: F401
-from hfmini.sampling import load_model_and_tokenizer as load_model
-from hfmini.tracking import read_metrics  # noqa: F401
-
-# Listed once, in the package, which must know the names without importing this module.
-__all__ = list(_API)
+from hfmini.models.gpt2 import build_model as build_gpt2
+from hfmini.models.sampling import check_prompt, check_sampling, generate_text
+from hfmini.models.sampling import load_model_and_tokenizer as load_model
+from hfmini.models.size import count_parameters  # noqa: F401
+from hfmini.run_folder import read_metrics  # noqa: F401
+from hfmini.training.evaluation import evaluate_model
+from hfmini.training.trainer import run_training
 
 
 def build_model(config: Config, tokenizer):
     """The freshly initialised GPT2LMHeadModel a from-scratch run starts from: the preset's shape,
     the tokenizer's vocabulary, a context of n_positions (default: block_size)."""
-    from hfmini.model import build_model as build_gpt2
 
     if not config.model.from_scratch:
         raise HfminiError(
@@ -56,8 +59,6 @@ def train(config: Config) -> dict[str, float]:
     final validation metrics (eval_loss, perplexity, bits_per_byte, …), {} when stopped by Ctrl-C
     (a checkpoint to resume from is saved). Can be called again for another run."""
     from accelerate.state import AcceleratorState
-
-    from hfmini.trainer import run_training
 
     try:
         return run_training(config)
@@ -75,7 +76,6 @@ def evaluate(
 ) -> dict[str, float]:
     """`hfmini eval`: validation loss, perplexity and bits per byte of a saved model, on the
     validation split it was trained with, or on `validation_file` (one path or several)."""
-    from hfmini.evaluation import evaluate_model
 
     if isinstance(validation_file, str | Path):
         validation_file = [validation_file]
@@ -86,7 +86,7 @@ def evaluate(
 def generate(
     model_dir: str | Path,
     prompt: str = "",
-    max_new_tokens: int = 200,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     temperature: float = SAMPLING_DEFAULTS["temperature"],
     top_k: int | None = SAMPLING_DEFAULTS["top_k"],
     top_p: float | None = SAMPLING_DEFAULTS["top_p"],
@@ -94,7 +94,6 @@ def generate(
 ) -> str:
     """`hfmini generate`: text after `prompt` from a saved model, without the prompt. Sampling as
     the exported generation_config.json; temperature 0 is greedy; `seed` makes it repeatable."""
-    from hfmini.sampling import check_prompt, check_sampling, generate_text
 
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     check_prompt(prompt)

@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from hfmini.config import SAMPLING_DEFAULTS
+from hfmini.config import DEFAULT_MAX_NEW_TOKENS, SAMPLING_DEFAULTS
 from hfmini.errors import HfminiError
 
 
@@ -64,7 +64,12 @@ def make_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="127.0.0.1: this computer only; 0.0.0.0: your network"
     )
     play.add_argument("--port", type=int, default=7860, help="0: the first free one from 7860")
-    play.add_argument("--max_new_tokens", type=int, default=200, help="the page's starting length")
+    play.add_argument(
+        "--max_new_tokens",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help="the page's starting length",
+    )
 
     push = commands.add_parser(
         "push", help="upload a finished run to the Hugging Face Hub, as --push_to_hub would have"
@@ -81,7 +86,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """The sampling flags `generate` and `chat` share."""
-    parser.add_argument("--max_new_tokens", type=int, default=200)
+    parser.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument(
         "--temperature", type=float, default=SAMPLING_DEFAULTS["temperature"], help="0: greedy"
     )
@@ -91,7 +96,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args) -> None:
-    from hfmini.sampling import (
+    # Imported when the command runs: torch and transformers load only then (--help is instant).
+    from hfmini.models.sampling import (
         check_prompt,
         check_sampling,
         generate_text,
@@ -119,13 +125,15 @@ def cmd_generate(args) -> None:
 
 
 def cmd_chat(args) -> None:
-    from hfmini.chat import run_chat
+    # Imported when the command runs: torch and transformers load only then (--help is instant).
+    from hfmini.serving.chat import run_chat
 
     run_chat(args)
 
 
 def cmd_eval(args) -> dict:
-    from hfmini.evaluation import evaluate_model
+    # Imported when the command runs: torch and transformers load only then (--help is instant).
+    from hfmini.training.evaluation import evaluate_model
 
     metrics = evaluate_model(
         args.model_dir, args.validation_file, args.text_column, args.block_size, args.batch_size
@@ -135,14 +143,15 @@ def cmd_eval(args) -> dict:
 
 
 def cmd_plot(args) -> None:
-    from hfmini.plot import plot_runs
+    # Imported when the command runs: torch and transformers load only then (--help is instant).
+    from hfmini.outputs.plot import plot_runs
 
     print(plot_runs(args.run_dirs, args.output))
 
 
 def cmd_playground(args) -> None:
-    try:
-        from hfmini.playground import serve
+    try:  # gradio is optional (hfmini[playground]): imported when the command runs
+        from hfmini.serving.playground import serve
     except ImportError as err:
         if err.name != "gradio":
             raise
@@ -151,7 +160,8 @@ def cmd_playground(args) -> None:
 
 
 def cmd_push(args) -> str:
-    from hfmini.hub import check_finished_folder, check_hub_access, push_folder
+    # Imported when the command runs: torch and transformers load only then (--help is instant).
+    from hfmini.outputs.hub import check_finished_folder, check_hub_access, push_folder
 
     # Everything that can be checked locally first, the Hub (token, network) last; no upload
     # starts unless all pass. The file selection is training's: model files, never checkpoints/.
@@ -167,7 +177,8 @@ def cmd_push(args) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
-        from hfmini.trainer import main as train_main
+        # Imported when the command runs: torch and transformers load only then.
+        from hfmini.training.trainer import main as train_main
 
         return train_main(argv[1:])
     args = make_parser().parse_args(argv)

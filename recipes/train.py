@@ -8,10 +8,10 @@ python recipes/train.py --config recipes/tiny/config.yaml --max_steps 20
 
 import sys
 
-from hfmini.interrupt import stop_with_launcher
+from hfmini.training.interrupt import stop_with_launcher
 
 if __name__ == "__main__":
     stop_with_launcher()  # first: should the launcher die during the imports, so do we
-    from hfmini.trainer import main
+    from hfmini.training.trainer import main
 
     sys.exit(main())

@@ -103,7 +103,7 @@ def tiny_args(tmp_path):
 def tiny_base(tmp_path_factory) -> Path:
     """A model to fine-tune: the tiny recipe trained for a few steps, exported once per session."""
     from hfmini.config import parse_config
-    from hfmini.trainer import run_training
+    from hfmini.training.trainer import run_training
 
     out = tmp_path_factory.mktemp("base") / "tiny"
     run_training(parse_config(tiny_run_args(out, 6)))
@@ -182,7 +182,7 @@ def launch_command(*args: str) -> list[str]:
 def train_error(capsys, *argv: str) -> str:
     """`recipes/train.py`'s entry point must fail with one line, exit 2, no traceback; returns
     the line. The tiny recipe is used unless argv names a --config."""
-    from hfmini import trainer as train_module
+    from hfmini.training import trainer as train_module
 
     config = [] if "--config" in argv else ["--config", str(TINY_RECIPE)]
     code = train_module.main([*config, *argv])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import REPO, TINY_RECIPE
 
-from hfmini.runtime import attention_for, use_all_cpu_cores
+from hfmini.training.accelerator import attention_for, use_all_cpu_cores
 
 
 @pytest.mark.slow
@@ -64,7 +64,7 @@ def test_bench_runs_and_reports_ratios(tmp_path):
 
 @pytest.mark.slow  # two subprocesses measure peak memory: tens of seconds
 def test_finetuning_bench_lora_trains_fewer_weights_with_less_state(tmp_path):
-    from hfmini.bench import bench_finetuning
+    from hfmini.bench.finetuning import bench_finetuning
 
     # The tiny recipe's nano preset, eager (compiling 2 models would take most of the time).
     result = bench_finetuning(

@@ -11,14 +11,14 @@ import pytest
 import torch
 from conftest import tiny_run_args
 
-import hfmini.budget
-import hfmini.ema
-import hfmini.trainer
-from hfmini.budget import Progress, RunLength, TrainClock
+import hfmini.training.budget
+import hfmini.training.ema
+import hfmini.training.loop
 from hfmini.config import parse_config
 from hfmini.errors import HfminiError
-from hfmini.optim import build_scheduler
-from hfmini.trainer import run_training
+from hfmini.training.budget import Progress, RunLength, TrainClock
+from hfmini.training.schedule import build_scheduler
+from hfmini.training.trainer import run_training
 
 
 class FakeTime:
@@ -36,11 +36,11 @@ def fake_time(monkeypatch):
     """One second of training per micro-batch; validation and checkpoints take 100 s each, which
     must not count."""
     clock = FakeTime()
-    monkeypatch.setattr(hfmini.budget, "time", clock)
+    monkeypatch.setattr(hfmini.training.budget, "time", clock)
     step, validate, save = (
-        hfmini.trainer.training_step,
-        hfmini.trainer.validate,
-        hfmini.trainer.save,
+        hfmini.training.loop.training_step,
+        hfmini.training.loop.validate,
+        hfmini.training.loop.save,
     )
 
     def timed(original, seconds):
@@ -50,9 +50,9 @@ def fake_time(monkeypatch):
 
         return call
 
-    monkeypatch.setattr(hfmini.trainer, "training_step", timed(step, 1.0))
-    monkeypatch.setattr(hfmini.trainer, "validate", timed(validate, 100.0))
-    monkeypatch.setattr(hfmini.trainer, "save", timed(save, 100.0))
+    monkeypatch.setattr(hfmini.training.loop, "training_step", timed(step, 1.0))
+    monkeypatch.setattr(hfmini.training.loop, "validate", timed(validate, 100.0))
+    monkeypatch.setattr(hfmini.training.loop, "save", timed(save, 100.0))
     return clock
 
 
@@ -87,7 +87,7 @@ def test_progress_is_the_further_of_steps_and_time():
 
 def test_clock_counts_only_unpaused_time(monkeypatch):
     fake = FakeTime()
-    monkeypatch.setattr(hfmini.budget, "time", fake)
+    monkeypatch.setattr(hfmini.training.budget, "time", fake)
     clock = TrainClock(seconds=5.0)  # resumed: 5 s trained before
     clock.start()
     fake.now += 2
@@ -168,13 +168,13 @@ def test_weight_average_window_shrinks_with_the_run(fake_time, tmp_path, monkeyp
     out = tmp_path / "o"
     config = parse_config(budget_args(out, 10, "--ema_decay", "0.9", max_steps=40))
     decays = []
-    update = hfmini.ema.WeightAverage.update
+    update = hfmini.training.ema.WeightAverage.update
 
     def recording(self, window_scale=1.0):
         decays.append(1.0 - (1.0 - self.decay) / window_scale)
         return update(self, window_scale)
 
-    monkeypatch.setattr(hfmini.ema.WeightAverage, "update", recording)
+    monkeypatch.setattr(hfmini.training.ema.WeightAverage, "update", recording)
     run_training(config)
     assert decays[-1] == pytest.approx(0.6)
 
@@ -212,16 +212,16 @@ def test_compilation_happens_before_the_clock_and_leaves_the_run_unchanged(
 
     extra = ("--torch_compile", "true")
     states = []
-    original = hfmini.trainer.compile_before_the_clock
+    original = hfmini.training.loop.compile_before_the_clock
 
     def recording(run, batch):
         states.append((run.clock.running, run.clock.seconds()))
         return original(run, batch)
 
-    monkeypatch.setattr(hfmini.trainer, "compile_before_the_clock", recording)
+    monkeypatch.setattr(hfmini.training.loop, "compile_before_the_clock", recording)
     run_training(parse_config(budget_args(tmp_path / "warmed", 6, *extra)))
     assert states == [(False, 0.0)]
-    monkeypatch.setattr(hfmini.trainer, "compile_before_the_clock", lambda run, batch: None)
+    monkeypatch.setattr(hfmini.training.loop, "compile_before_the_clock", lambda run, batch: None)
     run_training(parse_config(budget_args(tmp_path / "in_step", 6, *extra)))
     a = load_file(tmp_path / "warmed" / "model.safetensors")
     b = load_file(tmp_path / "in_step" / "model.safetensors")

@@ -13,10 +13,10 @@ import pytest
 import torch
 from conftest import REPO
 
-from hfmini import chat
-from hfmini.chat import ChatSession
-from hfmini.chat_template import apply_template
-from hfmini.tokenizer import train_tokenizer
+from hfmini.models.chat_template import apply_template
+from hfmini.models.tokenizer import train_tokenizer
+from hfmini.serving import chat
+from hfmini.serving.chat import ChatSession
 
 TEXT = "hello there, how are you today? fine thanks, and you? more of the same\n"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
@@ -51,7 +51,7 @@ def chat_dir(tmp_path_factory):
 
 @pytest.fixture
 def loaded(chat_dir):
-    from hfmini.sampling import load_model_and_tokenizer
+    from hfmini.models.sampling import load_model_and_tokenizer
 
     return load_model_and_tokenizer(chat_dir, device="cpu")
 

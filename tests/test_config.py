@@ -124,7 +124,7 @@ def test_presets_and_overrides():
 
 def test_configuration_reference_is_current():
     """docs/configuration.md is generated from the dataclasses: regenerate with `make docs`."""
-    from hfmini.config import reference_markdown
+    from hfmini.config.reference import reference_markdown
 
     assert (REPO / "docs" / "configuration.md").read_text(encoding="utf-8") == reference_markdown()
 

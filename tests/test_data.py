@@ -5,13 +5,8 @@ import torch
 from conftest import write_lines
 
 from hfmini.config import Config, DataArguments, ModelArguments, TrainArguments
-from hfmini.data import (
-    CHUNK_CHARS,
-    pack,
-    prepare_data,
-    prepare_eval_tokens,
-    split_document,
-)
+from hfmini.data.chunks import CHUNK_CHARS, split_document
+from hfmini.data.prepare import pack, prepare_data, prepare_eval_tokens
 from hfmini.errors import HfminiError
 
 
@@ -23,7 +18,7 @@ def prepare(data_args, vocab_size=300):
 @pytest.fixture
 def seen(monkeypatch):
     """The texts a tokenizer is trained on during the test, in order."""
-    from hfmini import tokenizer as tokenizer_module
+    from hfmini.models import tokenizer as tokenizer_module
 
     texts = []
     original = tokenizer_module.train_tokenizer
@@ -49,7 +44,7 @@ def test_split_document_is_lossless(length):
 
 
 def test_split_before_blank_lines_keeps_the_tokenization():
-    from hfmini.tokenizer import train_tokenizer
+    from hfmini.models.tokenizer import train_tokenizer
 
     text = ("ROMEO:\nSoft, what light " * 3 + "breaks?\n\n") * 100
     pieces = split_document(text, max_chars=1000)
@@ -138,19 +133,19 @@ def test_single_text_file_holds_out_a_tail(tmp_path, seen):
 
 
 def test_second_run_reads_the_cache(tmp_path, monkeypatch):
-    from hfmini import data as data_module
+    from hfmini.data import tokens as tokens_module
 
     path = write_lines(tmp_path / "c.txt", 3000, seed=5)
     args = DataArguments(train_file=[str(path)], block_size=32)
     first, _ = prepare(args)
     tokenized = []
-    original = data_module._tokenize_batch
+    original = tokens_module._tokenize_batch
 
     def spy(batch, tokenizer):
         tokenized.append(len(batch["text"]))
         return original(batch, tokenizer)
 
-    monkeypatch.setattr(data_module, "_tokenize_batch", spy)
+    monkeypatch.setattr(tokens_module, "_tokenize_batch", spy)
     second, _ = prepare(args)
     assert torch.equal(first.train_tokens, second.train_tokens)
     assert tokenized == []  # read from the datasets cache: nothing was tokenized again
@@ -225,3 +220,26 @@ def test_a_file_datasets_cannot_read_as_text_is_refused(tmp_path):
     path.write_bytes(b"\x89PNG\r\n")
     with pytest.raises(HfminiError, match="picture.png is not a text format that datasets reads"):
         prepare(DataArguments(train_file=[str(path)], block_size=16))
+
+
+def test_every_kind_of_training_data_has_the_whole_interface():
+    """The loop reads training data only through TrainingData; each kind provides all of it."""
+    from hfmini.data.blocks import PreparedData
+    from hfmini.data.packing import PreparedExamples
+    from hfmini.data.streaming import StreamingData
+    from hfmini.data.training_data import TrainingData, ValidationSet
+
+    def members(protocol) -> set[str]:
+        return {n for n in vars(protocol) if not n.startswith("_")} | set(protocol.__annotations__)
+
+    for kind in (PreparedData, PreparedExamples, StreamingData):
+        fields = getattr(kind, "__dataclass_fields__", {})
+        missing = {m for m in members(TrainingData) if not hasattr(kind, m) and m not in fields}
+        assert not missing, f"{kind.__name__} lacks {missing}"
+        validation = kind.validation.fget.__annotations__["return"]
+        assert validation in ("TokenValidation", "ExampleValidation"), validation
+    from hfmini.data.blocks import TokenValidation
+    from hfmini.data.packing import ExampleValidation
+
+    for validation_set in (TokenValidation, ExampleValidation):
+        assert members(ValidationSet) <= set(vars(validation_set))

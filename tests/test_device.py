@@ -5,9 +5,10 @@ import pytest
 import torch
 from conftest import reset_accelerate
 
-from hfmini import runtime
 from hfmini.config import TrainArguments, parse_config
 from hfmini.errors import HfminiError
+from hfmini.models import device
+from hfmini.training import accelerator as process
 
 
 @pytest.mark.parametrize(
@@ -42,14 +43,14 @@ def machine(monkeypatch, cuda: bool, mps: bool) -> None:
 )
 def test_default_device_probes_the_machine(monkeypatch, cuda, mps, expected):
     machine(monkeypatch, cuda, mps)
-    assert runtime.default_device() == expected
-    assert runtime.default_device(TrainArguments()) == expected
-    assert runtime.default_device(TrainArguments(use_cpu=True)) == "cpu"
+    assert device.default_device() == expected
+    assert device.default_device(TrainArguments()) == expected
+    assert device.default_device(TrainArguments(use_cpu=True)) == "cpu"
 
 
 def test_sampling_loads_the_model_onto_the_default_device(monkeypatch):
-    import hfmini.pretrained
-    from hfmini.sampling import load_model_and_tokenizer
+    import hfmini.models.sampling
+    from hfmini.models.sampling import load_model_and_tokenizer
 
     class Model:  # stands in for a model: records where it was moved
         def to(self, device):
@@ -59,7 +60,9 @@ def test_sampling_loads_the_model_onto_the_default_device(monkeypatch):
         def eval(self):
             return self
 
-    monkeypatch.setattr(hfmini.pretrained, "load_for_inference", lambda folder: (Model(), None))
+    monkeypatch.setattr(
+        hfmini.models.sampling, "load_for_inference", lambda folder: (Model(), None)
+    )
     machine(monkeypatch, cuda=False, mps=True)
     assert load_model_and_tokenizer("any")[0].device == "mps"
     assert load_model_and_tokenizer("any", device="cpu")[0].device == "cpu"
@@ -87,50 +90,40 @@ def test_compile_on_mps_is_off_unless_asked():
     assert TrainArguments(torch_compile="true").compile_on("mps")
 
 
-def test_on_gpu_booleans_still_mean_cuda_or_cpu():
-    """bench.py passes torch.cuda.is_available() to compile_on."""
-    for args in (TrainArguments(), TrainArguments(max_steps=5000, mixed_precision="fp16")):
-        assert args.compile_on(True) == args.compile_on("cuda")
-        assert args.compile_on(False) == args.compile_on("cpu")
-        for native in (True, False):
-            assert args.precision_on(True, native) == args.precision_on("cuda", native)
-            assert args.precision_on(False, native) == args.precision_on("cpu", native)
-
-
 def test_training_precision_asks_the_chosen_device(monkeypatch):
-    monkeypatch.setattr(runtime, "mps_has_bf16", lambda: True)
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
-    assert runtime.training_precision(TrainArguments(mixed_precision="bf16"), "mps") == "bf16"
-    monkeypatch.setattr(runtime, "mps_has_bf16", lambda: False)
-    assert runtime.training_precision(TrainArguments(mixed_precision="bf16"), "mps") == "no"
-    assert runtime.training_precision(TrainArguments(), "cpu") == "no"
+    monkeypatch.setattr(device, "mps_has_bf16", lambda: True)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    assert process.training_precision(TrainArguments(mixed_precision="bf16"), "mps") == "bf16"
+    monkeypatch.setattr(device, "mps_has_bf16", lambda: False)
+    assert process.training_precision(TrainArguments(mixed_precision="bf16"), "mps") == "no"
+    assert process.training_precision(TrainArguments(), "cpu") == "no"
 
 
 def test_attention_is_sdpa_on_mps():
     for precision in ("no", "fp16", "bf16"):
-        assert runtime.attention_for(torch.device("mps"), precision) == "sdpa"
+        assert process.attention_for(torch.device("mps"), precision) == "sdpa"
 
 
 def test_make_accelerator_on_this_machine_is_cpu(tmp_path):
     for argv in ([], ["--use_cpu", "true"]):
         config = parse_config(["--output_dir", str(tmp_path / "run"), *argv])
-        accelerator = runtime.make_accelerator(config)
+        accelerator = process.make_accelerator(config)
         assert accelerator.device.type == "cpu"
         reset_accelerate()
 
 
 def test_several_processes_on_mps_are_refused(monkeypatch, tmp_path):
-    runtime.check_processes("mps", 1)
-    runtime.check_processes("cpu", 4)
-    runtime.check_processes("cuda", 8)
+    process.check_processes("mps", 1)
+    process.check_processes("cpu", 4)
+    process.check_processes("cuda", 8)
     with pytest.raises(HfminiError, match="Apple MPS trains in one process, but 2"):
-        runtime.check_processes("mps", 2)
+        process.check_processes("mps", 2)
     # make_accelerator asks before it builds anything
     machine(monkeypatch, cuda=False, mps=True)
     monkeypatch.setenv("WORLD_SIZE", "2")
     config = parse_config(["--output_dir", str(tmp_path / "run")])
     with pytest.raises(HfminiError, match="--use_cpu true"):
-        runtime.make_accelerator(config)
+        process.make_accelerator(config)
 
 
 def test_cpu_threads_are_left_alone_on_mps(monkeypatch):
@@ -139,7 +132,7 @@ def test_cpu_threads_are_left_alone_on_mps(monkeypatch):
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        runtime.use_all_cpu_cores("mps")
+        process.use_all_cpu_cores("mps")
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
@@ -149,6 +142,6 @@ def test_peak_memory_on_mps_reads_metal_without_crashing(monkeypatch):
     emptied = []
     monkeypatch.setattr(torch.mps, "driver_allocated_memory", lambda: 123 * 2**20)
     monkeypatch.setattr(torch.mps, "empty_cache", lambda: emptied.append(True))
-    runtime.reset_peak_memory(torch.device("mps"))
+    device.reset_peak_memory(torch.device("mps"))
     assert emptied == [True]
-    assert runtime.peak_memory_bytes(torch.device("mps")) == 123 * 2**20
+    assert device.peak_memory_bytes(torch.device("mps")) == 123 * 2**20

@@ -19,7 +19,7 @@ from conftest import (
 from safetensors.torch import load_file
 
 from hfmini.config import parse_config
-from hfmini.trainer import run_training
+from hfmini.training.trainer import run_training
 
 
 def common(output_dir, *overrides):
@@ -136,7 +136,7 @@ def test_fp16_on_cpu_warns_and_trains_in_fp32(tmp_path, caplog):
 
 
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
-    from hfmini.runtime import cpu_has_native_bf16
+    from hfmini.models.device import cpu_has_native_bf16
 
     with_bf16, without = tmp_path / "with", tmp_path / "without"
     with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx2\n")
@@ -149,7 +149,7 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
 def test_attention_is_eager_only_for_bf16_on_cpu():
     import torch
 
-    from hfmini.runtime import attention_for
+    from hfmini.training.accelerator import attention_for
 
     assert attention_for(torch.device("cpu"), "bf16") == "eager"
     assert attention_for(torch.device("cpu"), "no") == "sdpa"

@@ -6,9 +6,9 @@ from conftest import assert_eval_reproduces_report
 from safetensors.torch import load_file
 
 from hfmini.config import parse_config
-from hfmini.ema import WeightAverage
 from hfmini.errors import HfminiError
-from hfmini.trainer import run_training
+from hfmini.training.ema import WeightAverage
+from hfmini.training.trainer import run_training
 
 
 def test_average_follows_the_ramped_decay(tmp_path):
@@ -59,7 +59,7 @@ def test_a_run_with_ema_exports_and_scores_the_average(tiny_args, tmp_path, caps
 def test_sharded_training_refuses_the_average_with_a_one_line_error(sharding):
     from accelerate.utils import DistributedType
 
-    from hfmini.ema import weight_average_for
+    from hfmini.training.ema import weight_average_for
 
     accelerator = SimpleNamespace(distributed_type=getattr(DistributedType, sharding))
     model = torch.nn.Linear(2, 2)

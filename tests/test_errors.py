@@ -25,9 +25,10 @@ from conftest import (
 )
 
 from hfmini import cli
-from hfmini import trainer as train_module
-from hfmini.checkpoint import list_checkpoints, resolve_resume_path
 from hfmini.errors import HfminiError
+from hfmini.outputs.checkpoint import resolve_resume_path
+from hfmini.run_folder import list_checkpoints
+from hfmini.training import trainer as train_module
 
 
 def cli_error(capsys, *argv) -> str:
@@ -84,7 +85,7 @@ def test_unknown_yaml_key(capsys, tmp_path):
 
 def test_missing_file_is_reported_before_any_work(capsys, monkeypatch, quick):
     calls = []
-    monkeypatch.setattr("hfmini.tokenizer.train_tokenizer", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr("hfmini.models.tokenizer.train_tokenizer", lambda *a, **k: calls.append(1))
     message = train_error(capsys, *quick, "--train_file", "nowhere/train.txt")
     assert message == "error: train_file nowhere/train.txt does not exist: check the path"
     assert not calls
@@ -147,7 +148,7 @@ def test_malformed_json(capsys, quick, tmp_path):
 
 def test_invalid_utf8_is_replaced_and_counted(tmp_path, caplog):
     from hfmini.config import Config, DataArguments, ModelArguments, TrainArguments
-    from hfmini.data import prepare_data
+    from hfmini.data.prepare import prepare_data
 
     good = write_lines(tmp_path / "good.txt", 300).read_bytes()
     cut = good.index(b"\n", 500) + 1  # between lines, so no valid character is split
@@ -246,7 +247,7 @@ def test_damaged_optimizer_state_is_an_error_not_a_traceback(capsys, finished_ru
 
 
 def test_tokenizer_that_does_not_match_the_resumed_model(capsys, finished_run, tmp_path, quick):
-    from hfmini.tokenizer import train_tokenizer
+    from hfmini.models.tokenizer import train_tokenizer
 
     other = train_tokenizer(iter(["completely different text"] * 10), 300, 64)
     other.save_pretrained(tmp_path / "other_tok")
@@ -378,8 +379,8 @@ def test_full_hf_home_while_caching_data(
 
 def test_full_hf_home_while_caching_the_tokenizer(capsys, small_disk, hf_home_on, quick, tmp_path):
     from hfmini.config import parse_config
-    from hfmini.data import chunk_and_split
-    from hfmini.sources import load_sources
+    from hfmini.data.prepare import chunk_and_split
+    from hfmini.data.sources import load_sources
 
     text = write_lines(tmp_path / "train.txt", 8000)
     home = hf_home_on(small_disk("2m"))

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from hfmini.evaluation import block_ranges, evaluate_stream
+from hfmini.data.blocks import TokenValidation, block_ranges
+from hfmini.training.evaluation import score_validation
 
 
 class UniformModel(torch.nn.Module):
@@ -28,8 +29,8 @@ def test_bits_per_byte_definition():
     vocab = 16
     tokens = torch.randint(0, vocab, (103,))
     token_bytes = torch.arange(vocab, dtype=torch.float64) % 4  # 0..3 bytes per token
-    metrics = evaluate_stream(
-        UniformModel(vocab), tokens, block_size=10, batch_size=4, token_bytes=token_bytes
+    metrics = score_validation(
+        UniformModel(vocab), TokenValidation(tokens, 10), batch_size=4, token_bytes=token_bytes
     )
     predicted = [tokens[s + 1 : e] for s, e in block_ranges(103, 10)]
     n_predicted = sum(p.numel() for p in predicted)
@@ -44,5 +45,7 @@ def test_bits_per_byte_definition():
 
 def test_max_blocks_limits_the_work():
     tokens = torch.randint(0, 8, (100,))
-    metrics = evaluate_stream(UniformModel(8), tokens, 10, 3, torch.ones(8), max_blocks=2)
+    metrics = score_validation(
+        UniformModel(8), TokenValidation(tokens, 10), 3, torch.ones(8), max_blocks=2
+    )
     assert metrics["eval_tokens"] == 18

@@ -17,12 +17,12 @@ from conftest import TINY_FINETUNE, tiny_run_args, train_error
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
-from hfmini.checkpoint import list_checkpoints
 from hfmini.cli import main as cli_main
 from hfmini.config import parse_config
 from hfmini.errors import HfminiError
-from hfmini.trainer import main as train_main
-from hfmini.trainer import run_training
+from hfmini.run_folder import list_checkpoints
+from hfmini.training.trainer import main as train_main
+from hfmini.training.trainer import run_training
 
 
 def finetune_args(base, out, steps=4, *overrides):
@@ -395,9 +395,11 @@ def test_the_readme_fine_tuning_command_fails_in_one_line_when_offline(tmp_path)
 
 
 def test_lora_under_sharding_is_refused_before_loading(tiny_base, tmp_path, monkeypatch):
-    import hfmini.runtime
+    import hfmini.training.setup
 
-    monkeypatch.setattr(hfmini.runtime, "is_sharded", lambda accelerator: True)  # FSDP, DeepSpeed
+    monkeypatch.setattr(
+        hfmini.training.setup, "is_sharded", lambda accelerator: True
+    )  # FSDP, DeepSpeed
     args = finetune_args(tiny_base, tmp_path / "o", 2, "--use_peft", "true")
     with pytest.raises(HfminiError, match="use_peft is not supported with FSDP or DeepSpeed yet"):
         run_training(parse_config(args))
@@ -411,7 +413,7 @@ def test_sampling_from_a_lora_model_uses_the_cache_name_of_the_model_it_wraps():
     from peft import LoraConfig, get_peft_model
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from hfmini.sampling import _cache_argument, decode
+    from hfmini.models.sampling import _cache_argument, decode
 
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2)

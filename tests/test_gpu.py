@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_run_args
 
 from hfmini.config import parse_config
-from hfmini.trainer import run_training
+from hfmini.training.trainer import run_training
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
 needs_mps = pytest.mark.skipif(

@@ -13,10 +13,11 @@ from conftest import REPO, reset_accelerate, tiny_run_args
 from huggingface_hub.utils import filter_repo_objects
 from safetensors.torch import save_file
 
-from hfmini import cli, hub
+from hfmini import cli
 from hfmini.config import parse_config
 from hfmini.errors import HfminiError
-from hfmini.trainer import run_training
+from hfmini.outputs import hub
+from hfmini.training.trainer import run_training
 
 SECRET = "hf_fakeTOKENthatMustNeverBeWritten123"
 

@@ -20,7 +20,7 @@ import torch
 from conftest import BIN, REPO, TRAIN_SCRIPT, launch_command, tiny_run_args
 from safetensors.torch import load_file
 
-from hfmini.checkpoint import list_checkpoints
+from hfmini.run_folder import list_checkpoints
 
 # Signals to launchers, read through /proc and prctl: Linux only.
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
@@ -131,7 +131,7 @@ def exits_within_grace(trainer: int, signalled: float) -> float:
 # The training process's part: wait for a stop request; write what it learnt to argv[1].
 CHILD = """
 import sys, time
-from hfmini.interrupt import StopRequest  # notes who started this process
+from hfmini.training.interrupt import StopRequest  # notes who started this process
 result, delay = sys.argv[1], float(sys.argv[2])
 open(result + ".imported", "w").close()
 time.sleep(delay)  # the launcher may die here, before the request is in place
@@ -217,7 +217,8 @@ class CountingModel(torch.nn.Module):
 
 
 def test_evaluation_stops_between_batches():
-    from hfmini.evaluation import evaluate_stream
+    from hfmini.data.blocks import TokenValidation
+    from hfmini.training.evaluation import score_validation
 
     model, asked = CountingModel(), []
     model.train()
@@ -226,16 +227,16 @@ def test_evaluation_stops_between_batches():
         asked.append(1)
         return len(asked) == 3
 
-    result = evaluate_stream(
-        model, torch.zeros(100, dtype=torch.long), 10, 2, torch.ones(8), should_stop=should_stop
-    )
+    tokens = TokenValidation(torch.zeros(100, dtype=torch.long), 10)
+    result = score_validation(model, tokens, 2, torch.ones(8), should_stop=should_stop)
     assert result is None and model.forwards == 2 and model.training
 
 
 def test_evaluation_asks_every_process_to_stop_equally_often():
     """Multi-process, asking is an all-reduce: every process must ask the same number of times,
     though one may hold a batch more than another."""
-    from hfmini.evaluation import evaluate_stream
+    from hfmini.data.blocks import TokenValidation
+    from hfmini.training.evaluation import score_validation
 
     class Accelerator:  # enough of one for two processes; the reduce is left out
         num_processes = 2
@@ -249,10 +250,9 @@ def test_evaluation_asks_every_process_to_stop_equally_often():
     counts = []
     for index in (0, 1):
         asked = []
-        evaluate_stream(
+        score_validation(
             CountingModel(),
-            torch.zeros(50, dtype=torch.long),
-            10,
+            TokenValidation(torch.zeros(50, dtype=torch.long), 10),
             1,
             torch.ones(8),
             Accelerator(index),

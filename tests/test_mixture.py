@@ -9,9 +9,9 @@ import pytest
 from conftest import assert_eval_reproduces_report, tiny_run_args, train_error, write_lines
 
 from hfmini.config import DataArguments, parse_config
+from hfmini.config.mixture import MixtureSource, parse_entry
+from hfmini.data.sources import load_raw
 from hfmini.errors import HfminiError
-from hfmini.mixture import MixtureSource, parse_entry
-from hfmini.sources import load_raw
 
 
 def write_jsonl(path, rows: list[dict]):
@@ -50,7 +50,7 @@ def test_parse_entry():
 
 
 def test_weights_keep_that_fraction_of_each_source(sources, caplog):
-    caplog.set_level(logging.INFO, logger="hfmini.data")
+    caplog.set_level(logging.INFO, logger="hfmini.data.prepare")
     args = DataArguments(
         dataset_mixture=[
             f"file={sources['books']},weight=1.0",
@@ -103,7 +103,7 @@ def test_a_mixture_trains_end_to_end(sources, tmp_path, capsys):
     args = tiny_run_args(
         out, 2, "--dataset_mixture", *mixture, "--vocab_size", "300", "--block_size", "32"
     )
-    from hfmini.trainer import run_training
+    from hfmini.training.trainer import run_training
 
     run_training(parse_config(args))
     assert (out / "model.safetensors").is_file()

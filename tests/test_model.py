@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from hfmini.config import MODEL_PRESETS, ModelArguments
-from hfmini.model import build_model, count_parameters, flops_per_token
-from hfmini.tokenizer import train_tokenizer
+from hfmini.models.gpt2 import build_model
+from hfmini.models.size import count_parameters, flops_per_token
+from hfmini.models.tokenizer import train_tokenizer
 
 
 @pytest.fixture(scope="module")

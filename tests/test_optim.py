@@ -1,12 +1,13 @@
 import pytest
 import torch
 
-from hfmini.budget import Progress, RunLength
 from hfmini.config import ModelArguments, parse_config
 from hfmini.errors import HfminiError
-from hfmini.model import build_model
-from hfmini.optim import build_optimizer, build_scheduler, orthogonalize
-from hfmini.tokenizer import train_tokenizer
+from hfmini.models.gpt2 import build_model
+from hfmini.models.tokenizer import train_tokenizer
+from hfmini.training.budget import Progress, RunLength
+from hfmini.training.optimizers import build_optimizer, orthogonalize
+from hfmini.training.schedule import build_scheduler
 
 
 def test_weight_decay_on_matrices_only():

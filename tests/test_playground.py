@@ -15,9 +15,10 @@ import pytest
 from conftest import REPO, reset_accelerate, tiny_run_args, write_lines
 from test_chat import _model_folder
 
-from hfmini.chat import ChatSession
 from hfmini.cli import main as cli_main
-from hfmini.playground import (
+from hfmini.models.sampling import generate_text, load_model_and_tokenizer
+from hfmini.serving.chat import ChatSession
+from hfmini.serving.playground import (
     NO_EVAL_RESULTS,
     Playground,
     build_page,
@@ -27,7 +28,6 @@ from hfmini.playground import (
     stream,
     switch_model,
 )
-from hfmini.sampling import generate_text, load_model_and_tokenizer
 
 PROMPT = "thou art"
 # max_new_tokens, temperature, top_k, top_p, seed: as the page sends them
@@ -40,7 +40,7 @@ def plain_dir(tmp_path_factory):
     """An hfmini run of 4 steps on small local text: eval_results.json, metrics.jsonl and
     loss_curve.png beside the model (about 5 s)."""
     from hfmini.config import parse_config
-    from hfmini.trainer import run_training
+    from hfmini.training.trainer import run_training
 
     root = tmp_path_factory.mktemp("plain")
     data = [
@@ -216,7 +216,7 @@ def test_a_missing_folder_is_one_line_before_serving(tmp_path, capsys):
 
 def test_without_gradio_the_command_says_what_to_install(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` fails as if absent
-    monkeypatch.delitem(sys.modules, "hfmini.playground")
+    monkeypatch.delitem(sys.modules, "hfmini.serving.playground")
     assert cli_main(["playground", str(tmp_path)]) == 2
     assert _one_error_line(capsys) == (
         "error: the playground needs gradio: pip install 'hfmini[playground]'"

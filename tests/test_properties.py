@@ -6,8 +6,10 @@ from datasets import Dataset, DatasetDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hfmini import data as data_module
-from hfmini.tokenizer import EOS_TOKEN, train_tokenizer
+from hfmini.data import chunks
+from hfmini.data.blocks import pack
+from hfmini.data.tokens import flat_tokens, tokenize_chunks
+from hfmini.models.tokenizer import EOS_TOKEN, train_tokenizer
 
 CORPUS = ["ROMEO:\nBut, soft! what light through yonder window breaks?\n\n"] * 20 + [
     "Ça, c'est über-cool: 日本語のテキスト 🤖🎭 — «quotes»\n"
@@ -45,15 +47,15 @@ def test_blocks_hold_exactly_the_text_up_to_the_dropped_tail(
 ):
     """Chunking (forced small here), tokenization and packing neither drop nor duplicate text:
     the kept blocks plus the counted tail decode to the documents joined by EOS."""
-    monkeypatch.setattr(data_module, "CHUNK_CHARS", 16)
+    monkeypatch.setattr(chunks, "CHUNK_CHARS", 16)
     raw = DatasetDict({"train": Dataset.from_dict({"text": docs})})
-    chunks = data_module.chunk_documents(raw, "text", None)
-    tokens = data_module.flat_tokens(data_module.tokenize_chunks(chunks, tokenizer, None)["train"])
+    pieces = chunks.chunk_documents(raw, "text", None)
+    tokens = flat_tokens(tokenize_chunks(pieces, tokenizer, None)["train"])
     expected_text = "".join(doc + EOS_TOKEN for doc in docs if doc)
     assert tokenizer.decode(tokens.tolist()) == expected_text
     if tokens.numel() < block_size:
         return
-    kept, dropped = data_module.pack(tokens, block_size, "train")
+    kept, dropped = pack(tokens, block_size, "train")
     assert kept.numel() % block_size == 0 and 0 <= dropped < block_size
     assert torch.equal(torch.cat([kept, tokens[kept.numel() :]]), tokens)
     assert kept.numel() + dropped == tokens.numel()

@@ -13,11 +13,12 @@ import torch
 from conftest import REPO, TRAIN_SCRIPT, tiny_run_args
 from safetensors.torch import load_file
 
-from hfmini.checkpoint import TrainState, list_checkpoints, resolve_resume_path
 from hfmini.config import parse_config
 from hfmini.errors import HfminiError
-from hfmini.interrupt import StopRequest
-from hfmini.trainer import run_training
+from hfmini.outputs.checkpoint import TrainState, resolve_resume_path
+from hfmini.run_folder import list_checkpoints
+from hfmini.training.interrupt import StopRequest
+from hfmini.training.trainer import run_training
 
 
 def losses(out):

@@ -10,17 +10,12 @@ import sys
 import pytest
 from conftest import tiny_run_args, tmpfs, train_error, write_lines
 
-from hfmini import trainer as train_module
-from hfmini.checkpoint import (
-    TrainState,
-    check_resume_settings,
-    list_checkpoints,
-    training_settings,
-)
 from hfmini.config import parse_config
 from hfmini.errors import HfminiError
-from hfmini.output_dir import LOCK_FILE, holds_finished_model
-from hfmini.trainer import run_training
+from hfmini.outputs.checkpoint import TrainState, check_resume_settings, training_settings
+from hfmini.run_folder import LOCK_FILE, holds_finished_model, list_checkpoints
+from hfmini.training import trainer as train_module
+from hfmini.training.trainer import run_training
 
 
 def snapshot(folder):
@@ -140,7 +135,7 @@ def test_overwrite_with_a_typo_deletes_nothing(capsys, tmp_path, data_args):
 
 HOLD_LOCK = """
 import sys, time
-from hfmini.output_dir import OutputDirLock
+from hfmini.outputs.output_dir import OutputDirLock
 with OutputDirLock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(120)
@@ -256,7 +251,7 @@ def test_impossible_output_dir(capsys, tmp_path, where):
 
 def test_read_only_output_dir_fails_before_any_work(capsys, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr("hfmini.data.prepare_data", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr("hfmini.training.setup.prepare_data", lambda *a, **k: calls.append(1))
     with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
         message = train_error(capsys, *tiny_run_args(ro, 2))
     assert "cannot be written (Read-only file system)" in message and not calls
@@ -272,7 +267,7 @@ def test_read_only_hf_home_is_one_line(capsys, tmp_path, monkeypatch):
 
 
 def test_the_lock_file_names_the_running_process(tmp_path):
-    from hfmini.output_dir import OutputDirLock
+    from hfmini.outputs.output_dir import OutputDirLock
 
     with OutputDirLock(tmp_path / "out"):
         assert (tmp_path / "out" / LOCK_FILE).read_text().strip() == str(os.getpid())

@@ -3,9 +3,9 @@ import torch
 
 from hfmini.config import ModelArguments
 from hfmini.errors import HfminiError
-from hfmini.model import build_model
-from hfmini.sampling import decode, generate_text, sampling_warpers
-from hfmini.tokenizer import train_tokenizer
+from hfmini.models.gpt2 import build_model
+from hfmini.models.sampling import decode, generate_text, sampling_warpers
+from hfmini.models.tokenizer import train_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,12 @@ import pytest
 import torch
 from conftest import tiny_run_args, train_error
 
-from hfmini.chat_template import DEFAULT_CHAT_TEMPLATE, apply_template, end_of_turn_token
 from hfmini.config import parse_config
-from hfmini.packing import IGNORE_INDEX, pack_examples, pad_sequences
-from hfmini.sft import data_format
-from hfmini.trainer import model_inputs, run_training
+from hfmini.data.packing import IGNORE_INDEX, pack_examples, pad_sequences
+from hfmini.data.sft import data_format
+from hfmini.models.chat_template import DEFAULT_CHAT_TEMPLATE, apply_template, end_of_turn_token
+from hfmini.training.objectives import model_inputs
+from hfmini.training.trainer import run_training
 
 WORDS = "thou art the king my lord what say you good night sweet prince fair and".split()
 
@@ -157,7 +158,7 @@ def test_prompt_completion_text_trains_on_the_completion_and_eos(tiny_base, tmp_
 
 
 def prepared(tmp_path, rows, *overrides):
-    from hfmini.data import prepare_data
+    from hfmini.data.prepare import prepare_data
 
     tmp_path.mkdir(parents=True, exist_ok=True)
 
@@ -177,7 +178,7 @@ def prepared(tmp_path, rows, *overrides):
 
 def test_labels_are_the_answers_through_their_end_of_turn_token(tmp_path):
     data, tokenizer = prepared(tmp_path, conversation_rows(40), "--packing", "false")
-    row = data.train[1]  # system, user, assistant, user, assistant
+    row = data.train_sequences[1]  # system, user, assistant, user, assistant
     ids, labels = row["input_ids"].tolist(), row["labels"].tolist()
     answer_text = tokenizer.decode(
         [t for t, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX]
@@ -194,7 +195,7 @@ def test_full_sequence_loss_labels_every_token_but_the_first(tmp_path):
     data, _ = prepared(
         tmp_path, conversation_rows(40), "--packing", "false", "--assistant_only_loss", "false"
     )
-    row = data.train[0]
+    row = data.train_sequences[0]
     assert row["labels"][0] == IGNORE_INDEX
     assert torch.equal(row["labels"][1:], row["input_ids"][1:])
 
@@ -221,11 +222,11 @@ def test_changed_prompt_tokens_leave_the_gradient_unchanged_with_answer_only_los
     data, tokenizer = prepared(
         tmp_path, prompt_completion_rows(40), "--completion_only_loss", str(answers_only).lower()
     )
-    batch = pad_sequences([data.train[k] for k in range(4)], data.pad_id)
+    batch = pad_sequences([data.train_sequences[k] for k in range(4)], data.pad_id)
     changed = {k: v.clone() for k, v in batch.items()}
     # Where the answers are (the same rows prepared with the default answer-only labels).
     answers, _ = prepared(tmp_path / "answers", prompt_completion_rows(40))
-    labels = pad_sequences([answers.train[k] for k in range(4)], data.pad_id)["labels"]
+    labels = pad_sequences([answers.train_sequences[k] for k in range(4)], data.pad_id)["labels"]
     answer = labels != IGNORE_INDEX
     # Prompt positions: not answers, and not the token just before an answer (it predicts one).
     before_answer = torch.zeros_like(answer)
@@ -251,7 +252,7 @@ def test_the_loss_is_the_mean_answer_nll_of_a_real_model(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     data, tokenizer = prepared(tmp_path, conversation_rows(40))
-    batch = pad_sequences([data.train[k] for k in range(3)], data.pad_id)
+    batch = pad_sequences([data.train_sequences[k] for k in range(3)], data.pad_id)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(
         GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tokenizer), n_positions=128)
@@ -275,8 +276,10 @@ def test_packed_examples_do_not_attend_to_each_other(tmp_path, attention):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     data, tokenizer = prepared(tmp_path, conversation_rows(60))
-    sequence = next(k for k in range(len(data.train)) if len(data.train.sequences[k]) >= 2)
-    row = data.train[sequence]
+    sequence = next(
+        k for k in range(len(data.train_sequences)) if len(data.train_sequences.sequences[k]) >= 2
+    )
+    row = data.train_sequences[sequence]
     torch.manual_seed(0)
     config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tokenizer), n_positions=128)
     config._attn_implementation = attention
@@ -289,8 +292,8 @@ def test_packed_examples_do_not_attend_to_each_other(tmp_path, attention):
             use_cache=False,
         ).logits[0]
         start = 0
-        for example in data.train.sequences[sequence]:
-            length = int(data.train.lengths[example])
+        for example in data.train_sequences.sequences[sequence]:
+            length = int(data.train_sequences.lengths[example])
             alone = model(
                 input_ids=row["input_ids"][None, start : start + length], use_cache=False
             ).logits[0]
@@ -404,7 +407,7 @@ def test_the_chat_template_option_takes_a_file_or_a_string(tmp_path, given_as):
     data, tokenizer = prepared(tmp_path / "run", conversation_rows(40), "--chat_template", value)
     assert tokenizer.chat_template == ROLE_TEMPLATE
     assert end_of_turn_token(tokenizer) == "<|end|>"
-    row = data.train[0]
+    row = data.train_sequences[0]
     answer = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label >= 0]
     assert tokenizer.decode(answer).endswith("<|end|>")
     assert "<|assistant|>" not in tokenizer.decode(answer)
@@ -441,7 +444,7 @@ def test_the_models_own_template_is_kept(tiny_base, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(base)
     tokenizer.chat_template = ROLE_TEMPLATE
     tokenizer.save_pretrained(base, save_jinja_files=False)
-    from hfmini.data import prepare_data
+    from hfmini.data.prepare import prepare_data
 
     args = sft_args(base, tmp_path / "o", write_jsonl(tmp_path / "c.jsonl", conversation_rows(30)))
     _, loaded = prepare_data(parse_config(args))
@@ -450,7 +453,7 @@ def test_the_models_own_template_is_kept(tiny_base, tmp_path):
 
 
 def test_apply_template_adds_only_missing_tokens():
-    from hfmini.tokenizer import train_tokenizer
+    from hfmini.models.tokenizer import train_tokenizer
 
     tokenizer = train_tokenizer(iter([["to be or not to be"] * 5]), 280, 64)
     before = len(tokenizer)
@@ -494,7 +497,7 @@ def test_hub_datasets_and_parquet_files_take_the_same_formats(tmp_path, capsys):
     """dataset_name goes through load_dataset(name) as for a Hub id; Parquet through its builder."""
     from datasets import Dataset
 
-    from hfmini.data import prepare_data
+    from hfmini.data.prepare import prepare_data
 
     folder = tmp_path / "chat_dataset"
     folder.mkdir()
@@ -502,13 +505,13 @@ def test_hub_datasets_and_parquet_files_take_the_same_formats(tmp_path, capsys):
     write_jsonl(folder / "validation.jsonl", conversation_rows(6, seed=1))
     hub = ["--dataset_name", str(folder), "--vocab_size", "300", "--block_size", "128"]
     data, _ = prepare_data(parse_config(tiny_run_args(tmp_path / "o", 1, *hub)))
-    assert data.format == "conversational" and len(data.validation.lengths) == 6
+    assert data.format == "conversational" and len(data.eval_sequences.lengths) == 6
 
     parquet = tmp_path / "pc.parquet"
     Dataset.from_list(prompt_completion_rows(40)).to_parquet(parquet)
     local = ["--train_file", str(parquet), "--vocab_size", "300", "--block_size", "128"]
     data, _ = prepare_data(parse_config(tiny_run_args(tmp_path / "o", 1, *local)))
-    assert data.format == "prompt_completion" and len(data.train.lengths) == 38
+    assert data.format == "prompt_completion" and len(data.train_sequences.lengths) == 38
 
     rows = conversation_rows(40)
     rows[12]["messages"][0]["role"] = "narrator"

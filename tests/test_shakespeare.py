@@ -3,13 +3,11 @@ import re
 
 import pytest
 
-from hfmini.errors import HfminiError
-from hfmini.shakespeare import (
+from hfmini.data.shakespeare import (
     VALIDATION_PLAYS,
     _play_paths,
     conversations,
     load_plays,
-    main,
     markdown_to_text,
     play_groups,
     play_title,
@@ -17,6 +15,8 @@ from hfmini.shakespeare import (
     write_conversations,
     write_play_groups,
 )
+from hfmini.errors import HfminiError
+from hfmini.shakespeare import main
 
 SAMPLE = """# Macbeth
 

@@ -22,7 +22,7 @@ from conftest import (
 from safetensors.torch import load_file
 
 from hfmini.config import parse_config
-from hfmini.trainer import run_training
+from hfmini.training.trainer import run_training
 
 
 def documents(path: Path, n: int, seed: int = 0) -> Path:
@@ -48,7 +48,7 @@ def max_diff(a, b):
 
 
 def test_token_files_are_memory_mapped_and_read_again(tmp_path):
-    from hfmini.data import prepare_data
+    from hfmini.data.prepare import prepare_data
 
     args = tiny_run_args(
         tmp_path / "o", 1, "--train_file", str(write_lines(tmp_path / "t.txt", 400))
@@ -86,9 +86,9 @@ def test_token_files_are_memory_mapped_and_read_again(tmp_path):
 
 
 def test_the_tokenizer_trains_on_a_bounded_sample(tmp_path, caplog):
-    from hfmini.data import prepare_data
+    from hfmini.data.prepare import prepare_data
 
-    caplog.set_level(logging.INFO, logger="hfmini.data")
+    caplog.set_level(logging.INFO, logger="hfmini.data.prepare")
     train = write_lines(tmp_path / "t.txt", 3000)
     args = tiny_run_args(tmp_path / "o", 1, "--train_file", str(train), "--vocab_size", "300")
     prepare_data(parse_config([*args, "--tokenizer_train_bytes", "20000"]))
@@ -106,8 +106,8 @@ def test_the_tokenizer_trains_on_a_bounded_sample(tmp_path, caplog):
 def small_stream(monkeypatch):
     """A small shuffle buffer and document batch, so a resume lands with blocks in the buffer,
     tokens pending and the stream mid-file."""
-    monkeypatch.setattr("hfmini.streaming.SHUFFLE_BLOCKS", 12)
-    monkeypatch.setattr("hfmini.streaming.DOCUMENT_BATCH", 5)
+    monkeypatch.setattr("hfmini.data.streaming.SHUFFLE_BLOCKS", 12)
+    monkeypatch.setattr("hfmini.data.streaming.DOCUMENT_BATCH", 5)
 
 
 STREAM = ("--streaming", "true", "--vocab_size", "300", "--block_size", "32")
@@ -155,9 +155,9 @@ def test_streaming_trains_and_resumes_exactly(tmp_path, small_stream, caplog, ca
 
 
 def test_streaming_without_a_validation_split_holds_out_the_first_documents(tmp_path, caplog):
-    from hfmini.data import prepare_data
+    from hfmini.data.prepare import prepare_data
 
-    caplog.set_level(logging.INFO, logger="hfmini.data")
+    caplog.set_level(logging.INFO, logger="hfmini.data.prepare")
     train = documents(tmp_path / "train.jsonl", 200)
     args = tiny_run_args(
         tmp_path / "o",

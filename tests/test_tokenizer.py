@@ -1,7 +1,7 @@
 import pytest
 from datasets import Dataset
 
-from hfmini.tokenizer import EOS_TOKEN, get_tokenizer, token_byte_lengths, train_tokenizer
+from hfmini.models.tokenizer import EOS_TOKEN, get_tokenizer, token_byte_lengths, train_tokenizer
 
 TEXTS = ["ROMEO:\nBut, soft! what light through yonder window breaks?\n"] * 50 + [
     "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n"

@@ -10,9 +10,9 @@ from conftest import BIN, REPO, tiny_run_args
 
 from hfmini.config import known_keys, parse_config
 from hfmini.errors import HfminiError
-from hfmini.metrics import load_metric
-from hfmini.plot import plot_runs
-from hfmini.trainer import run_training
+from hfmini.outputs.plot import plot_runs
+from hfmini.training.metrics import load_metric
+from hfmini.training.trainer import run_training
 
 
 def png_size(path):

@@ -1,11 +1,12 @@
 import json
+from pathlib import Path
 
 import pytest
 from conftest import tiny_run_args
 
 from hfmini.config import parse_config
 from hfmini.errors import HfminiError
-from hfmini.trainer import run_training
+from hfmini.training.trainer import run_training
 
 
 def read_rows(out):
@@ -115,9 +116,11 @@ def test_training_and_validation_build_no_kv_cache(tiny_args, monkeypatch):
     GPT-2 block recompile (seen on an H100). Only sampling may build one."""
     from transformers import cache_utils
 
-    from hfmini.evaluation import evaluate_stream
-    from hfmini.interrupt import StopRequest
-    from hfmini.trainer import setup, train
+    from hfmini.data.blocks import TokenValidation
+    from hfmini.training.evaluation import score_validation
+    from hfmini.training.interrupt import StopRequest
+    from hfmini.training.loop import train
+    from hfmini.training.setup import setup
 
     run = setup(parse_config(tiny_args))
     built = []
@@ -130,9 +133,39 @@ def test_training_and_validation_build_no_kv_cache(tiny_args, monkeypatch):
     monkeypatch.setattr(cache_utils.DynamicCache, "__init__", counting)
     with StopRequest() as stop:
         assert train(run, stop)
-    evaluate_stream(run.model, run.data.eval_tokens, 64, 8, run.token_bytes)
+    score_validation(run.model, TokenValidation(run.data.eval_tokens, 64), 8, run.token_bytes)
     run.accelerator.end_training()
     assert built == []
     # The counter does see a cache when one is built, so the check above can fail.
     run.model(input_ids=run.data.eval_tokens[:8].long()[None], use_cache=True)
     assert built
+
+
+def test_the_training_step_takes_its_loss_from_the_run_objective(tiny_args):
+    """The objective seam: whatever `run.objective` returns is what is backpropagated and
+    logged, once per micro-batch; the loop around it is unchanged. Here a loss of constant value
+    (zero gradient) stands in for another objective."""
+    from hfmini.training.interrupt import StopRequest
+    from hfmini.training.loop import train
+    from hfmini.training.objectives import next_token_loss
+    from hfmini.training.setup import setup
+
+    run = setup(parse_config([*tiny_args, "--gradient_accumulation_steps", "2"]))
+    calls = []
+
+    def constant_loss(model, batch):
+        calls.append(batch["input_ids"].shape)
+        return next_token_loss(model, batch) * 0 + 3.0
+
+    run.objective = constant_loss
+    with StopRequest() as stop:
+        assert train(run, stop)
+    run.accelerator.end_training()
+    assert len(calls) == 6 * 2  # every micro-batch of 6 optimizer steps, and nothing else
+    losses = [row["train/loss"] for row in read_rows(Path(run.config.train.output_dir))]
+    assert losses and all(loss == pytest.approx(3.0) for loss in losses)
+    assert all(
+        row["train/grad_norm"] == 0.0
+        for row in read_rows(Path(run.config.train.output_dir))
+        if "train/grad_norm" in row
+    )

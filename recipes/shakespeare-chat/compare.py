@@ -30,9 +30,10 @@ MIN_ROOM = 64  # a prompt must leave this many tokens of the context for the rep
 def scores(model, tokenizer, validation: Path) -> dict[str, float]:
     from datasets import DatasetDict, load_dataset
 
-    from hfmini.evaluation import evaluate_examples
-    from hfmini.sft import sequences_of, tokenize_rows
-    from hfmini.tokenizer import token_byte_lengths
+    from hfmini.data.packing import ExampleValidation, sequences_of
+    from hfmini.data.sft import tokenize_rows
+    from hfmini.models.tokenizer import token_byte_lengths
+    from hfmini.training.evaluation import score_validation
 
     rows = DatasetDict({"validation": load_dataset("json", data_files=str(validation))["train"]})
     tokenized = tokenize_rows(rows, "conversational", tokenizer, None)["validation"]
@@ -40,7 +41,8 @@ def scores(model, tokenizer, validation: Path) -> dict[str, float]:
     out = {}
     for name, answers_only in (("answers", True), ("all tokens", False)):
         dataset, _, _ = sequences_of(tokenized, 128, True, answers_only, "validation")
-        metrics = evaluate_examples(model, dataset, tokenizer.pad_token_id, 32, token_bytes)
+        validation_set = ExampleValidation(dataset, tokenizer.pad_token_id)
+        metrics = score_validation(model, validation_set, 32, token_bytes)
         out[name] = metrics["bits_per_byte"]
     return out
 
@@ -50,9 +52,9 @@ def ending_rate(
 ) -> tuple[float, float, int]:
     """(share of replies that end their turn, mean reply length in tokens, replies). A prompt
     that leaves less than MIN_ROOM tokens of the context is skipped: its reply would be cut."""
-    from hfmini.chat_template import stop_token_ids
     from hfmini.config import SAMPLING_DEFAULTS
-    from hfmini.sampling import decode, sampling_warpers
+    from hfmini.models.chat_template import stop_token_ids
+    from hfmini.models.sampling import decode, sampling_warpers
 
     warpers = sampling_warpers(**SAMPLING_DEFAULTS)
     stop = set(stop_token_ids(tokenizer)) if chat else {tokenizer.eos_token_id}
@@ -79,7 +81,7 @@ def ending_rate(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hfmini.sampling import load_model_and_tokenizer
+    from hfmini.models.sampling import load_model_and_tokenizer
 
     parser = argparse.ArgumentParser()
     parser.add_argument("root", nargs="?", default="output")

@@ -12,7 +12,7 @@ import lzma
 import statistics
 import sys
 
-from hfmini.shakespeare import VALIDATION_PLAYS, load_plays, play_groups
+from hfmini.data.shakespeare import VALIDATION_PLAYS, load_plays, play_groups
 
 # One dictionary holds the whole corpus, so a play can refer to any other.
 FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": 1 << 26}]

@@ -28,7 +28,7 @@ def score(model_dir: str, validation_file: Path) -> dict:
 
 def main(model_dir: str, validation_jsonl: str | None = None) -> int:
     if validation_jsonl is None:
-        from hfmini.sources import shakespeare_files
+        from hfmini.data.sources import shakespeare_files
 
         validation_jsonl = shakespeare_files()["validation"][0]
     rows = [json.loads(line) for line in Path(validation_jsonl).read_text().splitlines()]

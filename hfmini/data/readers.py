@@ -1,0 +1,227 @@
+"""Reading rows: local files by the `datasets` builder their extension names (text, json, csv,
+parquet, arrow), optionally compressed (.gz, .bz2, .xz, .zst, .lz4), and Hub datasets.
+
+    train_file / validation_file ─► expand folders, check format and readability, count bad UTF-8
+                                 ─► datasets.load_dataset(builder, data_files=...)
+    dataset_name                 ─► datasets.load_dataset (Hub, or its local cache when offline)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from hfmini.data.datasets_cache import datasets_cache_full
+from hfmini.errors import HfminiError, disk_full
+
+logger = logging.getLogger("hfmini.data")
+
+
+# The `datasets` builders that yield rows of text; other builders (images, audio...) do not.
+TEXT_BUILDERS = ("text", "json", "csv", "parquet", "arrow")
+
+TEXT_FILES_PER_WRITE = 8
+
+
+def _compression(path: Path) -> str | None:
+    """The compression protocol a file's last suffix names (gzip, zstd...), or None."""
+    from datasets.utils.file_utils import SINGLE_FILE_COMPRESSION_EXTENSION_TO_PROTOCOL
+
+    return SINGLE_FILE_COMPRESSION_EXTENSION_TO_PROTOCOL.get(path.suffix.lower().lstrip("."))
+
+
+def file_format(path: Path) -> tuple[str, dict] | None:
+    """(datasets builder, its keyword arguments) for a data file, or None if it holds no text.
+
+    `.jsonl.gz` is a compressed `.jsonl`: the format comes from the suffix before the compression.
+    """
+    from datasets.packaged_modules import _EXTENSION_TO_MODULE
+
+    name = path.name[: -len(path.suffix)] if _compression(path) else path.name
+    suffix = Path(name).suffix
+    builder, kwargs = _EXTENSION_TO_MODULE.get(
+        suffix, _EXTENSION_TO_MODULE.get(suffix.lower(), ("", {}))
+    )
+    return (builder, kwargs) if builder in TEXT_BUILDERS else None
+
+
+def _format_key(path: Path) -> str:
+    """Files of one key can be read together (.csv and .tsv are both csv, but not alike)."""
+    builder, kwargs = file_format(path)
+    return builder + "".join(f" {k}={v!r}" for k, v in sorted(kwargs.items()))
+
+
+def _format_names() -> str:
+    from datasets.packaged_modules import _EXTENSION_TO_MODULE
+
+    return ", ".join(
+        sorted(ext for ext, (b, _) in _EXTENSION_TO_MODULE.items() if b in TEXT_BUILDERS)
+    )
+
+
+def _check_readable(path: Path, what: str) -> None:
+    """Open and read a byte now, so a permission problem is reported before any work."""
+    try:
+        with path.open("rb") as handle:
+            first = handle.read(1)
+    except OSError as err:
+        raise HfminiError(
+            f"{what} {path} cannot be read ({err.strerror}): check its permissions"
+        ) from None
+    if not first:
+        raise HfminiError(f"{what} {path} is empty: add text to it or leave it out")
+
+
+def expand_data_files(patterns: list[str], what: str) -> list[str]:
+    """Files and directories → a sorted list of readable, non-empty files of one format."""
+    files: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and file_format(p))
+            if not found:
+                raise HfminiError(
+                    f"{what} directory {pattern} has no text data files ({_format_names()}, "
+                    "optionally compressed): add some or point at the files directly"
+                )
+            files.extend(found)
+        elif path.is_file():
+            if file_format(path) is None:
+                raise HfminiError(
+                    f"{what} {pattern} is not a text format that datasets reads: use one of "
+                    f"{_format_names()} (optionally .gz, .bz2, .xz or .zst)"
+                )
+            files.append(path)
+        else:
+            raise HfminiError(f"{what} {pattern} does not exist: check the path")
+    for path in files:
+        _check_readable(path, what)
+    formats = {_format_key(f) for f in files}
+    if len(formats) > 1:
+        raise HfminiError(f"{what} mixes formats ({', '.join(sorted(formats))}): use one format")
+    return [str(f) for f in files]
+
+
+def count_invalid_utf8(path: str, block: int = 1 << 20) -> int:
+    """Bytes of `path` (decompressed) that are not valid UTF-8. Streams the file once."""
+    import codecs
+
+    import fsspec
+
+    bad = 0
+
+    def count(error: UnicodeDecodeError):
+        nonlocal bad
+        bad += error.end - error.start
+        return "\ufffd", error.end
+
+    codecs.register_error("hfmini_count", count)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="hfmini_count")
+    with fsspec.open(path, "rb", compression=_compression(Path(path))) as handle:
+        while chunk := handle.read(block):
+            decoder.decode(chunk)
+    decoder.decode(b"", final=True)
+    return bad
+
+
+def _warn_invalid_utf8(files: list[str]) -> None:
+    """Invalid bytes are replaced by U+FFFD (never a crash); say so once, with the count."""
+    binary = ("parquet", "arrow")  # columnar files store strings already validated
+    counts = {f: count_invalid_utf8(f) for f in files if file_format(Path(f))[0] not in binary}
+    bad = {f: n for f, n in counts.items() if n}
+    if bad:
+        first = next(iter(bad))
+        logger.warning(
+            "%d bytes that are not valid UTF-8 in %d file(s) (first: %s) were replaced with "
+            "U+FFFD; re-encode the files as UTF-8 to keep them",
+            sum(bad.values()),
+            len(bad),
+            first,
+        )
+
+
+def _check_decompressor(files: list[str]) -> None:
+    """A missing optional decompressor is named with its install command, before any work."""
+    import importlib.util
+
+    modules = {"zstd": "zstandard", "lz4": "lz4"}
+    for f in files:
+        module = modules.get(_compression(Path(f)) or "")
+        if module and importlib.util.find_spec(module) is None:
+            raise HfminiError(f"{f} is compressed with {module}: pip install {module}")
+
+
+def file_reader(path: Path) -> tuple[str, dict]:
+    """The datasets builder for a data file and the keyword arguments hfmini reads it with."""
+    builder, builder_kwargs = file_format(path)
+    kwargs = dict(builder_kwargs)
+    if builder in ("text", "json", "csv"):
+        kwargs["encoding_errors"] = "replace"
+    if builder == "text":
+        kwargs["sample_by"] = "document"
+        # A row is a whole file here, and the Arrow writer holds writer_batch_size rows before
+        # it writes (datasets' default: 1000 files in memory at once).
+        kwargs["writer_batch_size"] = TEXT_FILES_PER_WRITE
+    return builder, kwargs
+
+
+def load_local(data_files: dict[str, list[str]]):
+    """Local files (already expanded) → DatasetDict with the same split names."""
+    from datasets import load_dataset
+
+    all_files = [f for files in data_files.values() for f in files]
+    builder, kwargs = file_reader(Path(all_files[0]))
+    if len({_format_key(Path(f)) for f in all_files}) > 1:
+        raise HfminiError("train_file and validation_file must have the same format")
+    _check_decompressor(all_files)
+    _warn_invalid_utf8(all_files)
+    # datasets logs a parse failure with its traceback before raising; our message replaces it.
+    datasets_logger = logging.getLogger("datasets")
+    level = datasets_logger.level
+    datasets_logger.setLevel(logging.CRITICAL)
+    try:
+        return load_dataset(builder, data_files=data_files, **kwargs)
+    except Exception as err:  # malformed JSON/CSV/Parquet: name the files, not the internals
+        if disk_full(err):
+            raise datasets_cache_full("the Arrow copy of the data") from None
+        reason = str(err.__cause__ or err).splitlines()[0][:200] if str(err) else type(err).__name__
+        files = ", ".join(all_files)[:200]
+        raise HfminiError(
+            f"could not read {files} as {builder} ({reason}): check that the files are valid "
+            f"{builder}"
+        ) from None
+    finally:
+        datasets_logger.setLevel(level)
+
+
+def load_hub(name: str, config_name: str | None, streaming: bool = False):
+    import datasets
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(name, config_name, streaming=streaming)
+    except Exception as err:
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        if datasets.config.HF_HUB_OFFLINE or datasets.config.HF_DATASETS_OFFLINE:
+            raise HfminiError(
+                f"dataset {name!r} is not in the local cache and the Hub cannot be reached "
+                "(offline mode): train on local files with --train_file PATH instead"
+            ) from None
+        raise HfminiError(
+            f"could not load dataset {name!r} from the Hub ({reason}): check the name, the "
+            "network, or use local files with --train_file"
+        ) from None
+
+
+def file_and_row(files: list[str], row: int) -> tuple[str, int]:
+    """The file a row of a split read from `files` comes from, and its row in that file (datasets
+    reads the files in order). Loads each file alone: only on the error path."""
+    from datasets import load_dataset
+
+    for file in files[:-1]:
+        builder, kwargs = file_reader(Path(file))
+        rows = load_dataset(builder, data_files={"train": [file]}, **kwargs)["train"].num_rows
+        if row < rows:
+            return file, row
+        row -= rows
+    return files[-1], row

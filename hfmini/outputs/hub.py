@@ -1,0 +1,120 @@
+"""Publishing to the Hugging Face Hub: checked before training, uploaded after (or later, by
+`hfmini push` for a run trained offline).
+
+The token comes from `HF_TOKEN` or `hf auth login` through huggingface_hub itself; hfmini never
+reads it into a variable of its own, so it cannot end up in a file, a log or the model card.
+Only the exported model folder is uploaded; optimizer checkpoints and tracker files stay local.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import tempfile
+from pathlib import Path
+
+from huggingface_hub import HfApi, get_token
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from hfmini.errors import HfminiError
+from hfmini.outputs.export import save_model
+from hfmini.run_folder import UPLOAD_PATTERNS, holds_finished_model, list_checkpoints
+
+logger = logging.getLogger(__name__)
+
+
+def check_hub_model_id(hub_model_id: str) -> None:
+    """Fail on an id the Hub would refuse, before training or uploading anything."""
+    try:
+        validate_repo_id(hub_model_id)
+    except HFValidationError:
+        raise HfminiError(
+            f"hub_model_id {hub_model_id!r} is not a valid Hub repo id: write user/name (e.g. "
+            "alice/tiny-shakespeare) with letters, digits, '-', '_' and '.', at most 96 "
+            "characters, no '--' or '..', not starting or ending with '-' or '.'"
+        ) from None
+
+
+def check_hub_access(hub_model_id: str, alternative: str | None = "drop --push_to_hub") -> str:
+    """Fail before training (or uploading) if pushing cannot work; returns the account name.
+
+    `alternative`: what else the user may do, ending each message; None for nothing.
+    """
+    check_hub_model_id(hub_model_id)
+    otherwise = f", or {alternative}" if alternative else ""
+    if get_token() is None:
+        raise HfminiError(
+            f"pushing {hub_model_id} needs a Hugging Face token: set HF_TOKEN or run "
+            f"`hf auth login`{otherwise}"
+        )
+    try:
+        user = HfApi().whoami()
+    except Exception as err:  # offline mode, DNS, proxy, HTTP 401...: all mean "cannot push"
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise HfminiError(
+            f"cannot reach the Hugging Face Hub to push {hub_model_id} ({reason}): check the "
+            f"network and the token (HF_HUB_OFFLINE must be unset){otherwise}"
+        ) from None
+    return user.get("name", "?")
+
+
+def check_finished_folder(folder: str | Path) -> None:
+    """Fail unless `folder` holds a finished model: full weights (config.json with complete
+    model*.safetensors) or a peft adapter (adapter_config.json with complete weights)."""
+
+    out = Path(folder)
+    if not out.exists():
+        raise HfminiError(f"{out} does not exist: pass the output_dir of a finished training run")
+    if not out.is_dir():
+        raise HfminiError(f"{out} is not a folder: pass the output_dir of a finished training run")
+    if holds_finished_model(out):
+        return
+    if list_checkpoints(out):
+        raise HfminiError(
+            f"{out} holds checkpoints but no final model: the run has not finished; finish it "
+            "by running its `hfmini train` command again with --resume_from_checkpoint latest, "
+            "then push"
+        )
+    raise HfminiError(
+        f"{out} holds no finished model (config.json with complete model*.safetensors, or "
+        "adapter_config.json with a complete adapter_model.safetensors): pass the output_dir of "
+        "a finished training run"
+    )
+
+
+def push_folder(
+    folder: str | Path, hub_model_id: str, private: bool, message: str, kept: bool = True
+) -> str:
+    """Create the repo if needed and upload the model files of `folder`; returns the commit URL.
+
+    `kept`: `folder` outlives the call, so a failure may suggest `hfmini push` on it later.
+    """
+    api = HfApi()
+    try:
+        api.create_repo(hub_model_id, private=private, exist_ok=True, repo_type="model")
+        commit = api.upload_folder(
+            repo_id=hub_model_id,
+            folder_path=str(folder),
+            allow_patterns=UPLOAD_PATTERNS,
+            ignore_patterns=["*/*"],  # top-level files only: never checkpoints/, wandb/, logs
+            commit_message=message,
+        )
+    except Exception as err:  # HTTP 403 (another's namespace), 401, the network: all "cannot push"
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        hint = "check the network and that the token may write to that repo"
+        if kept:
+            command = ["hfmini", "push", str(folder), "--hub_model_id", hub_model_id]
+            command += ["--private"] if private else []
+            hint += f", then retry with `{shlex.join(command)}`"
+        raise HfminiError(f"could not push {folder} to {hub_model_id} ({reason}): {hint}") from None
+    url = getattr(commit, "commit_url", str(commit))
+    logger.info("pushed %s to the Hub: %s", folder, url)
+    return url
+
+
+def push_snapshot(model, tokenizer, hub_model_id: str, private: bool, step: int) -> str:
+    """Upload the current weights mid-training (hub_strategy every_save), via a temporary export."""
+
+    with tempfile.TemporaryDirectory(prefix="hfmini-push-") as folder:
+        save_model(model, tokenizer, folder)
+        return push_folder(folder, hub_model_id, private, f"hfmini: step {step}", kept=False)

@@ -1,0 +1,211 @@
+"""Setting a run up: every check before any work, then data, tokenizer, model, optimizer and
+schedule, prepared with Accelerate, resumed from a checkpoint when asked.
+
+    check_before_work ─► start_process (Accelerator, logging, threads, seed) ─► prepare_data
+    ─► model_for_run (built, or loaded and fitted; LoRA) ─► optimizer, loader ─► accelerate
+    ─► schedule ─► resume ─► Run
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+
+from hfmini.cache import check_cache_writable
+from hfmini.config import Config
+from hfmini.data.prepare import prepare_data
+from hfmini.data.training_data import TrainingData
+from hfmini.errors import HfminiError
+from hfmini.models.device import is_sharded
+from hfmini.models.gpt2 import build_model, enable_gradient_checkpointing
+from hfmini.models.lora import add_lora
+from hfmini.models.pretrained import (
+    ModelSource,
+    check_fits_run,
+    fit_to_tokenizer,
+    load_model,
+    resolve,
+)
+from hfmini.models.size import flops_per_token
+from hfmini.models.tokenizer import token_byte_lengths
+from hfmini.outputs.checkpoint import (
+    TrainState,
+    check_resume_data,
+    check_resume_settings,
+    load_checkpoint,
+    load_data_position,
+    save_weights_as_model,
+    training_settings,
+)
+from hfmini.outputs.hub import check_hub_access
+from hfmini.outputs.output_dir import check_output_dir, clear_previous_run
+from hfmini.run_folder import STATE_FILE
+from hfmini.training.accelerator import (
+    attention_for,
+    configure_logging,
+    make_accelerator,
+    use_all_cpu_cores,
+)
+from hfmini.training.budget import Progress, RunLength, TrainClock, run_length
+from hfmini.training.ema import weight_average_for
+from hfmini.training.objectives import objective_for
+from hfmini.training.optimizers import build_optimizer
+from hfmini.training.run import LogWindow, Run
+from hfmini.training.schedule import build_scheduler
+from hfmini.training.throughput import peak_flops
+from hfmini.training.tracking import (
+    RunLogger,
+    log_run_start,
+    start_trackers,
+    truncate_metrics_after,
+)
+
+logger = logging.getLogger("hfmini")
+
+
+def setup(config: Config) -> Run:
+    """Check, load data, build tokenizer/model/optimizer, prepare with Accelerate, maybe resume."""
+    args = config.train
+    resume_path, saved_state, source = check_before_work(config)
+    accelerator = start_process(config)
+    # Data and tokenizer: the main process fills the datasets and tokenizer caches first; the
+    # others then read them instead of repeating the work.
+    with accelerator.main_process_first():
+        data, tokenizer = prepare_data(config, resume_path)
+    fingerprint = data.fingerprint()
+    check_resume_data(saved_state, fingerprint)
+    model = model_for_run(
+        config, tokenizer, source, attention_for(accelerator.device, accelerator.mixed_precision)
+    )
+    per_token = flops_per_token(model, data.block_size)
+    optimizer = build_optimizer(model, args)
+    loader = data.train_loader(args.per_device_train_batch_size, args.seed)
+    if args.overwrite_output_dir and accelerator.is_main_process:
+        # Only now that the data, model and batch are known good.
+        clear_previous_run(Path(args.output_dir))
+    accelerator.wait_for_everyone()
+    if data.sharded_by_accelerate:
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    else:  # each process reads its own part of the data
+        model, optimizer = accelerator.prepare(model, optimizer)
+    save_weights_as_model(accelerator, tokenizer)
+    batches_per_epoch = len(loader) if data.num_train_blocks is not None else 0
+    length = run_length(config, batches_per_epoch)
+    progress = Progress()
+    # Not prepared: accelerate would step a prepared scheduler once per process.
+    scheduler = build_scheduler(optimizer, args, length, progress)
+    state = TrainState(settings=training_settings(config), data_fingerprint=fingerprint)
+    if resume_path is not None:
+        state = resume(accelerator, resume_path, config, data, scheduler, progress, length)
+    device = accelerator.device
+    run = Run(
+        config=config,
+        accelerator=accelerator,
+        model=model,
+        objective=objective_for(config),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_loader=loader,
+        batches_per_epoch=batches_per_epoch,
+        data=data,
+        tokenizer=tokenizer,
+        token_bytes=torch.tensor(token_byte_lengths(tokenizer), dtype=torch.float64),
+        run_logger=RunLogger(accelerator, args.output_dir),
+        ema=weight_average_for(accelerator, model, args.ema_decay, resume_path),
+        length=length,
+        progress=progress,
+        clock=TrainClock(state.train_seconds),
+        tokens_per_step=config.tokens_per_step(accelerator.num_processes),
+        flops_per_token=per_token,
+        peak_flops=peak_flops(device, accelerator.mixed_precision),
+        state=state,
+        window=LogWindow(
+            loss_sum=torch.tensor(state.loss_since_log, device=device),
+            first_bad_step=torch.tensor(-1, device=device),
+            micro_batches=state.batches_since_log,
+        ),
+        base_model=source.hub_id if source is not None else None,
+    )
+    start_trackers(accelerator, config)
+    log_run_start(config, accelerator, data, run.model, length)
+    return run
+
+
+def check_before_work(config: Config) -> tuple[Path | None, TrainState, ModelSource | None]:
+    """Everything that can fail before anything expensive runs or anything is deleted: the
+    output_dir and the checkpoint to resume, the cache, the starting model's folder or Hub id,
+    the Hub access a push will need. Returns (checkpoint to resume or None, its saved state,
+    the starting model or None)."""
+    args = config.train
+    resume_path = check_output_dir(args)
+    saved_state = TrainState()
+    if resume_path is not None:
+        saved_state = TrainState.from_json((resume_path / STATE_FILE).read_text())
+        check_resume_settings(saved_state, config)
+    check_cache_writable()
+    source = None
+    if config.model.model_name_or_path is not None:
+        source = resolve(config.model.model_name_or_path)
+        check_fits_run(source, config.model, config.data.block_size)
+    if args.push_to_hub:
+        check_hub_access(args.hub_model_id)
+    return resume_path, saved_state, source
+
+
+def start_process(config: Config):
+    """The Accelerator of this process, with logging, CPU threads and the seed set."""
+    args = config.train
+    accelerator = make_accelerator(config)
+    if config.model.use_peft and is_sharded(accelerator):
+        raise HfminiError(
+            "use_peft is not supported with FSDP or DeepSpeed yet: train LoRA with DDP (its "
+            "optimizer state is small), or drop --use_peft"
+        )
+    configure_logging(accelerator)
+    use_all_cpu_cores(accelerator.device.type)
+    if accelerator.is_main_process:  # run_training's lock made it already; bench calls setup alone
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    set_seed(args.seed)
+    return accelerator
+
+
+def model_for_run(config: Config, tokenizer, source: ModelSource | None, attention: str):
+    """The model training starts from: a GPT-2 built from scratch, or `source`'s weights fitted
+    to the tokenizer; with gradient checkpointing and LoRA adapters when asked."""
+    new_tokens: list[int] = []
+    if source is None:
+        model = build_model(config.model, tokenizer, config.context_length(), attention)
+    else:
+        model = load_model(source, config.model.dropout, attention)
+        new_tokens = fit_to_tokenizer(model, tokenizer, config.model)
+    if config.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if config.model.use_peft:
+        model = add_lora(model, config.model, config.train.gradient_checkpointing, new_tokens)
+    return model
+
+
+def resume(
+    accelerator,
+    path: Path,
+    config: Config,
+    data: TrainingData,
+    scheduler,
+    progress: Progress,
+    length: RunLength,
+) -> TrainState:
+    """Weights, optimizer, RNG, scheduler, counters and the data's reading position from
+    checkpoint `path`; the metrics logged after it are dropped (they will be logged again)."""
+    state = load_checkpoint(accelerator, path, scheduler)
+    if data.position() is not None:  # data that keeps a reading position (a stream)
+        data.restore_position(load_data_position(path, accelerator))
+    state.settings = training_settings(config)  # a longer constant schedule may differ
+    progress.step = state.step
+    progress.done = length.progress(state.step, state.train_seconds)
+    if accelerator.is_main_process:
+        truncate_metrics_after(config.train.output_dir, state.step)
+    logger.info("resumed from %s at step %d", path, state.step)
+    return state

@@ -1,0 +1,98 @@
+"""Validation during and at the end of training: the validation set scored, samples drawn from
+the prompts, both logged, the loss curve redrawn. Fine-tuning scores the starting model too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from hfmini.config import SAMPLING_DEFAULTS
+from hfmini.models.sampling import generate_text
+from hfmini.outputs.plot import plot_runs
+from hfmini.run_folder import LOSS_CURVE_FILE
+from hfmini.training.accelerator import inference_model
+from hfmini.training.evaluation import score_validation
+from hfmini.training.interrupt import StopRequest
+from hfmini.training.run import Run, stop_agreed
+
+logger = logging.getLogger("hfmini")
+
+
+def validate(run: Run, stop: StopRequest, final: bool) -> tuple[dict, list] | None:
+    """Score the validation split, sample from the prompts, log both, redraw the loss curve.
+    Returns (metrics, [(prompt, sample)]), or None if a signal cut the scoring short."""
+    acc, args = run.accelerator, run.config.train
+    started = time.perf_counter()
+    model, can_sample_alone = inference_model(acc, run.model, final)
+    scoring = {
+        "accelerator": acc,
+        # The start of a fine-tuning run (step 0) is scored in full, as the end is.
+        "max_blocks": None if final or run.state.step == 0 else run.config.data.max_eval_samples,
+        "should_stop": lambda: stop_agreed(run, stop),  # multi-process: an all-reduce per batch
+    }
+    batch_size = args.per_device_eval_batch_size
+    metrics = score_validation(model, run.data.validation, batch_size, run.token_bytes, **scoring)
+    if metrics is None:
+        return None
+    samples = []
+    if acc.is_main_process and can_sample_alone:
+        for prompt in args.sample_prompts:
+            text = generate_text(
+                model,
+                run.tokenizer,
+                sample_prompt(run, prompt),
+                args.sample_max_new_tokens,
+                **SAMPLING_DEFAULTS,
+                seed=args.seed,
+                chat=run.is_chat,
+            )
+            samples.append((prompt, text))
+        model.train()
+    logged = {f"eval/{k.removeprefix('eval_')}": v for k, v in metrics.items()}
+    logged["train/tokens_seen"] = run.state.tokens_seen
+    run.run_logger.log(logged, step=run.state.step)
+    run.run_logger.log_samples(samples, step=run.state.step)
+    if acc.is_main_process:
+        plot_runs(
+            [args.output_dir],
+            Path(args.output_dir) / LOSS_CURVE_FILE,
+            labels=[args.run_name or Path(args.output_dir).name],
+        )
+        logger.info(
+            "step %d: eval loss %.4f, perplexity %.2f, bits per byte %.4f (%.1fs)",
+            run.state.step,
+            metrics["eval_loss"],
+            metrics["perplexity"],
+            metrics["bits_per_byte"],
+            time.perf_counter() - started,
+        )
+        for prompt, text in samples:
+            logger.info("sample:\n%s%s", prompt, text)
+    # Validation time is not training time.
+    run.window.started += time.perf_counter() - started
+    acc.wait_for_everyone()
+    return metrics, samples
+
+
+def sample_prompt(run: Run, prompt: str) -> str:
+    """A sample prompt as the model will be used: for a chat run, a user turn and the generation
+    prompt of its chat template; else the text itself."""
+    if not run.is_chat:
+        return prompt
+    messages = [{"role": "user", "content": prompt}]
+    return run.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def score_start(run: Run, stop: StopRequest) -> bool:
+    """Fine-tuning: score the starting model on the whole validation split as step 0, so that
+    the run ends on "bits per byte X → Y". Returns False if a signal cut it short."""
+    if run.config.model.from_scratch or run.state.step > 0:
+        return True
+    validated = validate(run, stop, final=False)
+    if validated is None:
+        logger.info("stopped before the first step: nothing was trained, nothing to resume")
+        return False
+    run.state.start_metrics = validated[0]
+    return True
