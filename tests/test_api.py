@@ -25,6 +25,7 @@ def readme_python_example() -> str:
     return match.group(1)
 
 
+@pytest.mark.slow  # tens of seconds: `make test-slow` (keeps `make test` a few minutes)
 def test_the_readme_example_runs_as_shown_and_its_figures_agree(tmp_path):
     """The example, copied into a file and run by a fresh Python in an empty folder: it trains,
     the saved folder rescores to the figure training reported, and both hfmini's sampler and

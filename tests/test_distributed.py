@@ -103,6 +103,7 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path):
     assert max_diff(tmp_path / "plain", tmp_path / "ckpt") < 1e-5
 
 
+@pytest.mark.slow  # tens of seconds: `make test-slow` (keeps `make test` a few minutes)
 def test_bf16_on_cpu_trains_under_autocast_and_reports_the_fp32_export(tmp_path, capsys):
     """bf16 mixed precision on a CPU: the losses are those of autocast (not fp32), the saved
     weights are fp32, and the final figures are those `hfmini eval` gets from the export."""

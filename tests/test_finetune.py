@@ -128,6 +128,7 @@ def test_a_larger_tokenizer_grows_the_embedding_or_is_refused_with_adapter_expor
 # --- LoRA -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # tens of seconds: `make test-slow` (keeps `make test` a few minutes)
 def test_lora_trains_the_adapters_only_and_merges_into_a_plain_model(tiny_base, tmp_path, caplog):
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM
@@ -223,6 +224,7 @@ def _tiny_model_of(architecture: str, tokenizer_source: Path, folder: Path) -> P
     return folder
 
 
+@pytest.mark.slow  # tens of seconds: `make test-slow` (keeps `make test` a few minutes)
 @pytest.mark.parametrize("architecture", ["llama", "qwen2"])
 def test_other_architectures_fine_tune_fully_and_with_lora(
     architecture, tiny_base, tmp_path, caplog
@@ -247,6 +249,7 @@ def test_other_architectures_fine_tune_fully_and_with_lora(
 # --- checkpoints are models --------------------------------------------------------------------
 
 
+@pytest.mark.slow  # tens of seconds: `make test-slow` (keeps `make test` a few minutes)
 @pytest.mark.parametrize("kind", ["scratch", "lora"])
 def test_a_checkpoint_opens_like_a_model_and_can_be_fine_tuned(kind, tiny_base, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
@@ -366,6 +369,7 @@ def test_a_run_or_a_checkpoint_given_for_the_wrong_flag_points_at_the_right_one(
     assert f"use --model_name_or_path {tiny_base} instead of --resume_from_checkpoint" in line
 
 
+@pytest.mark.slow  # tens of seconds: `make test-slow` (keeps `make test` a few minutes)
 def test_the_readme_fine_tuning_command_fails_in_one_line_when_offline(tmp_path):
     """`--model_name_or_path gpt2` as the README shows it, with no cached gpt2 and no network."""
     from conftest import launch_command

@@ -457,6 +457,7 @@ def assert_ends_on_the_error(result: subprocess.CompletedProcess, make: bool = F
     assert lines[-1].startswith("error: unknown config key 'learning_rte'"), result.stderr[-3000:]
 
 
+@pytest.mark.slow  # tens of seconds: `make test-slow` (keeps `make test` a few minutes)
 def test_readme_main_command_ends_on_the_one_line_error():
     result = subprocess.run(
         readme_main_command() + BAD_KEY, cwd=REPO, capture_output=True, text=True, timeout=300
@@ -464,6 +465,7 @@ def test_readme_main_command_ends_on_the_one_line_error():
     assert_ends_on_the_error(result)
 
 
+@pytest.mark.slow  # tens of seconds: `make test-slow` (keeps `make test` a few minutes)
 def test_make_train_ends_on_the_one_line_error():
     venv = Path(sys.executable).parent.parent
     # -o: never reinstall into the environment the tests run in (its install is not under test).

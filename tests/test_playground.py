@@ -284,6 +284,7 @@ def _wait_for_url(server: subprocess.Popen, log, timeout: float = 120) -> str:
     pytest.fail(f"no URL from the playground within {timeout}s; it said:\n{log.read_text()}")
 
 
+@pytest.mark.slow  # tens of seconds: `make test-slow` (keeps `make test` a few minutes)
 def test_the_page_in_a_browser(plain_dir, chat_dir, tmp_path):
     chromium = _chromium()
     from playwright.sync_api import sync_playwright

@@ -98,6 +98,7 @@ print(json.dumps({"hfmini": "hfmini" in sys.modules, "messages": out,
 """
 
 
+@pytest.mark.slow  # tens of seconds: `make test-slow` (keeps `make test` a few minutes)
 @pytest.mark.parametrize("kind", ["messages", "prompt-completion-messages"])
 def test_conversations_train_and_serve_pipeline_with_messages_without_hfmini(
     kind, tiny_base, tmp_path
