@@ -20,7 +20,7 @@ from hfmini.config import parse_config
 from hfmini.data.packing import IGNORE_INDEX, pack_examples, pad_sequences
 from hfmini.data.sft import data_format
 from hfmini.models.chat_template import DEFAULT_CHAT_TEMPLATE, apply_template, end_of_turn_token
-from hfmini.training.objectives import model_inputs
+from hfmini.training.objectives import model_inputs, next_token_loss
 from hfmini.training.trainer import run_training
 
 WORDS = "thou art the king my lord what say you good night sweet prince fair and".split()
@@ -258,7 +258,8 @@ def test_the_loss_is_the_mean_answer_nll_of_a_real_model(tmp_path):
     model = GPT2LMHeadModel(
         GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tokenizer), n_positions=128)
     ).eval()  # no dropout: both forwards must see the same network
-    loss = model(**model_inputs(batch), use_cache=False).loss
+    summed = next_token_loss(model, batch)
+    loss = summed.total / summed.items  # the mean the training step divides out
     logits = model(
         input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
     ).logits

@@ -147,7 +147,7 @@ def test_the_training_step_takes_its_loss_from_the_run_objective(tiny_args):
     (zero gradient) stands in for another objective."""
     from hfmini.training.interrupt import StopRequest
     from hfmini.training.loop import train
-    from hfmini.training.objectives import next_token_loss
+    from hfmini.training.objectives import LossSum, next_token_loss
     from hfmini.training.setup import setup
 
     run = setup(parse_config([*tiny_args, "--gradient_accumulation_steps", "2"]))
@@ -155,7 +155,8 @@ def test_the_training_step_takes_its_loss_from_the_run_objective(tiny_args):
 
     def constant_loss(model, batch):
         calls.append(batch["input_ids"].shape)
-        return next_token_loss(model, batch) * 0 + 3.0
+        summed = next_token_loss(model, batch)
+        return LossSum(summed.total * 0 + 3.0 * summed.items, summed.items)
 
     run.objective = constant_loss
     with StopRequest() as stop:

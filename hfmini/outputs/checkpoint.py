@@ -57,7 +57,8 @@ class TrainState:
     tokens_seen: int = 0  # over all processes
     train_seconds: float = 0.0  # in training steps so far (budget.TrainClock), every session
     # The logging window at save time, so the first loss logged after a resume is exact.
-    loss_since_log: float = 0.0  # sum of micro-batch losses since the last logged step
+    loss_since_log: float = 0.0  # summed item losses since the last logged step (this process)
+    items_since_log: int = 0  # the items (label tokens) they sum over
     batches_since_log: int = 0
     # What the run is, so that a resume with other settings or data is refused.
     settings: dict = dataclasses.field(default_factory=dict)  # training_settings(config)

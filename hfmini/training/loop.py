@@ -81,7 +81,7 @@ def compile_before_the_clock(run: Run, batch: dict[str, torch.Tensor]) -> None:
     started = time.perf_counter()
     devices = [run.accelerator.device] if run.accelerator.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        run.objective(run.model, batch).backward()
+        run.objective(run.model, batch).total.backward()
     run.optimizer.zero_grad(set_to_none=True)
     logger.info(
         "compiled in %.1fs, before the budget's clock started", time.perf_counter() - started
@@ -119,11 +119,18 @@ def training_step(run: Run, batch: dict[str, torch.Tensor]) -> bool:
     complete. Returns whether an optimizer step happened. No host synchronisation."""
     acc, args, window = run.accelerator, run.config.train, run.window
     with acc.accumulate(run.model):
-        loss = run.objective(run.model, batch)  # () the micro-batch's loss (objectives.py)
-        acc.backward(loss)
-        window.loss_sum += loss.detach()
+        loss = run.objective(run.model, batch)  # the micro-batch's summed loss (objectives.py)
+        # Scaled to about a per-item mean, so that gradients keep their usual size until
+        # weigh_by_items makes the step's the exact mean over its items.
+        acc.backward(
+            loss.total * acc.gradient_accumulation_steps * acc.num_processes / nominal_items(run)
+        )
+        window.loss_sum += loss.total.detach()
+        window.items += loss.items
+        window.step_items += loss.items
         window.micro_batches += 1
         if acc.sync_gradients:
+            weigh_by_items(run)
             # An infinite bound measures the norm (for the log) without clipping.
             max_norm = args.max_grad_norm or float("inf")
             window.grad_norm = acc.clip_grad_norm_(run.model.parameters(), max_norm)
@@ -139,9 +146,36 @@ def training_step(run: Run, batch: dict[str, torch.Tensor]) -> bool:
     run.state.tokens_seen += run.tokens_per_step
     window.tokens += run.tokens_per_step
     # Remember the first step whose loss was not finite, on the device (read at logging time).
-    bad_now = (~torch.isfinite(loss.detach())) & (window.first_bad_step < 0)
+    bad_now = (~torch.isfinite(loss.total.detach())) & (window.first_bad_step < 0)
     window.first_bad_step = torch.where(bad_now, run.state.step, window.first_bad_step)
     return True
+
+
+def nominal_items(run: Run) -> int:
+    """The items of an optimizer step of full blocks over every process: B × (T - 1) × GA × P."""
+    args = run.config.train
+    per_batch = args.per_device_train_batch_size * (run.data.block_size - 1)
+    return per_batch * args.gradient_accumulation_steps * run.accelerator.num_processes
+
+
+def weigh_by_items(run: Run) -> None:
+    """Make the accumulated gradients those of the step's summed item losses divided by its item
+    count over every micro-batch and process, so every label token weighs alike however the step
+    is split. A tiny all-reduce per step with several processes; one fused multiply.
+
+    The backward passes scaled each summed loss by GA × P / nominal_items, accelerate divided it
+    by GA and data parallelism averaged it over the P processes: the gradients are the sums'
+    divided by nominal_items, here rescaled to divided by the items counted. (DeepSpeed keeps
+    the gradients to itself: there the step stays divided by nominal_items.)"""
+    acc, window = run.accelerator, run.window
+    items = window.step_items
+    if acc.num_processes > 1:
+        items = acc.reduce(items.clone(), reduction="sum")
+    factor = (nominal_items(run) / items.clamp(min=1)).float()
+    grads = [p.grad for p in run.model.parameters() if p.grad is not None]
+    if grads:
+        torch._foreach_mul_(grads, factor)
+    window.step_items.zero_()
 
 
 def agree_on_progress(run: Run) -> None:
@@ -200,10 +234,11 @@ def on_step_end(run: Run, progress, stop: StopRequest) -> bool:
 def log_training(run: Run, progress) -> None:
     """Loss, learning rate, gradient norm, tokens/s and MFU of the window; then restart it."""
     acc, state, window = run.accelerator, run.state, run.window
-    loss_sum = window.loss_sum
+    sums = torch.stack([window.loss_sum.float(), window.items.float()])  # summed loss, items
     if acc.num_processes > 1:
-        loss_sum = acc.reduce(loss_sum, reduction="mean")
-    loss = loss_sum.item() / max(1, window.micro_batches)  # host sync
+        sums = acc.reduce(sums, reduction="sum")
+    loss_sum, items = sums.tolist()  # host sync
+    loss = loss_sum / max(1.0, items)  # the token-weighted mean over the window
     tokens_per_second = window.tokens / max(time.perf_counter() - window.started, 1e-9)
     metrics = {
         "train/loss": loss,

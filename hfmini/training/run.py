@@ -39,7 +39,9 @@ class LogWindow:
     """What the loop accumulates between two logging steps. The tensors stay on the device and
     are read only at logging steps, to avoid a host sync per step."""
 
-    loss_sum: torch.Tensor  # () sum of micro-batch losses since the last log
+    loss_sum: torch.Tensor  # () summed item losses (objectives.LossSum) since the last log
+    items: torch.Tensor  # () items (label tokens) those losses sum over, this process
+    step_items: torch.Tensor  # () items of the optimizer step being accumulated, this process
     first_bad_step: torch.Tensor  # () first optimizer step whose loss was not finite; -1: none
     grad_norm: torch.Tensor | None = None  # () the latest optimizer step's gradient norm
     micro_batches: int = 0
@@ -48,6 +50,7 @@ class LogWindow:
 
     def restart(self) -> None:
         self.loss_sum.zero_()
+        self.items.zero_()
         self.micro_batches = self.tokens = 0
         self.started = time.perf_counter()
 
@@ -111,6 +114,7 @@ def save(run: Run) -> Path:
     losses after a resume are exactly those of an uninterrupted run)."""
     state, args = run.state, run.config.train
     state.loss_since_log = float(run.window.loss_sum.item())
+    state.items_since_log = int(run.window.items.item())
     state.batches_since_log = run.window.micro_batches
     state.train_seconds = run.clock.seconds()
     path = save_checkpoint(

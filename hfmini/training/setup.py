@@ -124,6 +124,8 @@ def setup(config: Config) -> Run:
         state=state,
         window=LogWindow(
             loss_sum=torch.tensor(state.loss_since_log, device=device),
+            items=torch.tensor(state.items_since_log, device=device),
+            step_items=torch.tensor(0, device=device),
             first_bad_step=torch.tensor(-1, device=device),
             micro_batches=state.batches_since_log,
         ),
