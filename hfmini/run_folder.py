@@ -35,6 +35,7 @@ CHECKPOINTS_DIR = "checkpoints"
 # Inside a checkpoint: trainer_state.json is written last, so its presence marks a complete one.
 STATE_FILE = "trainer_state.json"
 SCHEDULER_FILE = "scheduler.pt"
+OPTIMIZER_FILE = "optimizer.bin"  # accelerate's save_state, for the one optimizer
 WEIGHT_AVERAGE_FILE = "ema.safetensors"
 # Held (flock) by a run's main process for the whole run; it stays afterwards as the mark that
 # hfmini made the folder, so a later run may write there again.

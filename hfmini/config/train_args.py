@@ -22,10 +22,21 @@ class TrainArguments:
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "'latest' or a checkpoint folder to continue from."}
     )
+    init_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "A checkpoint folder (or a run folder: its newest checkpoint) whose weights, "
+            "tokenizer and optimizer state start a new run, on new data with a fresh schedule."
+        },
+    )
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Blocks per device."})
     per_device_eval_batch_size: int = field(default=16, metadata={"help": "Blocks per device."})
     gradient_accumulation_steps: int = field(
-        default=1, metadata={"help": "Micro-batches summed into one optimizer step."}
+        default=1,
+        metadata={
+            "help": "Micro-batches summed into one optimizer step; the loss is the mean over "
+            "every label token of the step, however it is split."
+        },
     )
     learning_rate: float | None = field(
         default=None,
@@ -194,6 +205,8 @@ class TrainArguments:
                 )
         if self.hub_strategy not in ("end", "every_save"):
             raise HfminiError(f"hub_strategy must be end or every_save, got {self.hub_strategy!r}")
+        if self.init_from_checkpoint is not None and not str(self.init_from_checkpoint).strip():
+            raise HfminiError("init_from_checkpoint is empty: give a checkpoint or run folder")
         if self.push_to_hub and not self.hub_model_id:
             raise HfminiError("push_to_hub needs hub_model_id: add --hub_model_id user/name")
 

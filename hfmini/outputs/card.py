@@ -96,6 +96,14 @@ def build_model_card(
     else:
         summary = f"`{origin}` fine-tuned with hfmini ({how_tuned(config)}) on {data_text}."
         tokenizer_line = f"The tokenizer is `{origin}`'s own."
+    if args.init_from_checkpoint:
+        start = continued_from(args.init_from_checkpoint)
+        summary = summary.replace(" from scratch", "")
+        summary += (
+            f" Training started from checkpoint `{start}` (its weights and optimizer state) "
+            "with a fresh learning-rate schedule."
+        )
+        tokenizer_line = f"The tokenizer is checkpoint `{start}`'s own."
     return ModelCard.from_template(
         card_data,
         template_path=TEMPLATE,
@@ -121,6 +129,14 @@ def scored_metrics(results: dict, chat: bool) -> list[tuple[str, str, float]]:
         ("perplexity", "Perplexity", results["perplexity"]),
         ("bits_per_byte", f"Bits per byte{scored}", results["bits_per_byte"]),
     ]
+
+
+def continued_from(init_from_checkpoint: str) -> str:
+    """A checkpoint named without the user's own path: `run/step-N`, or the run folder's name."""
+    path = Path(init_from_checkpoint)
+    if path.parent.name == "checkpoints":
+        return f"{path.parent.parent.name}/{path.name}"
+    return path.name or str(path)
 
 
 def card_tags(kind: str, model_type: str) -> list[str]:

@@ -32,6 +32,7 @@ from hfmini.run_folder import (
     ADAPTER_WEIGHTS,
     CONFIG_FILE,
     MODEL_CARD_FILE,
+    OPTIMIZER_FILE,
     SCHEDULER_FILE,
     STATE_FILE,
     TOKENIZER_CONFIG_FILE,
@@ -108,6 +109,65 @@ def resolve_resume_path(output_dir: str | Path, resume_from_checkpoint: str) -> 
             "which skips damaged checkpoints"
         )
     return path
+
+
+def resolve_init_path(init_from_checkpoint: str, output_dir: str | Path) -> Path:
+    """The checkpoint a new run starts from: the folder given, or a run folder's newest intact
+    checkpoint; refused when it is not one, is damaged, or lies in the new run's output_dir."""
+    path = Path(init_from_checkpoint)
+    if path.is_dir() and not (path / STATE_FILE).is_file() and list_checkpoints(path):
+        intact = [p for p in reversed(list_checkpoints(path)) if damage(p) is None]
+        if not intact:
+            raise HfminiError(f"no intact checkpoint in {checkpoints_dir(path)} to start from")
+        path = intact[0]
+    if not (path / STATE_FILE).is_file():
+        model_hint = (
+            f": it is a model without optimizer state; start from its weights alone with "
+            f"--model_name_or_path {init_from_checkpoint}"
+            if (path / CONFIG_FILE).is_file()
+            else ": point it at output_dir/checkpoints/step-N or at a run folder with checkpoints"
+        )
+        raise HfminiError(f"init_from_checkpoint {path} is not an hfmini checkpoint{model_hint}")
+    reason = damage(path)
+    if reason is not None:
+        raise HfminiError(f"checkpoint {path} is damaged ({reason}): start from an older one")
+    out = Path(output_dir).resolve()
+    if out == path.resolve() or out in path.resolve().parents:
+        raise HfminiError(
+            f"init_from_checkpoint {path} lies inside output_dir {output_dir}, which the new run "
+            "writes: choose another output_dir (to continue the same run, resume it instead)"
+        )
+    return path
+
+
+def load_for_new_run(accelerator, model, optimizer, path: Path) -> None:
+    """Start a new run from checkpoint `path`: its weights and its optimizer's moments, with this
+    run's optimizer settings (learning rate, betas, decay) and a schedule of its own. The model
+    and optimizer must be those the checkpoint was trained with."""
+    import torch
+
+    try:
+        if not _load_model_files(accelerator.unwrap_model(model, keep_torch_compile=False), path):
+            raise ValueError(f"no {WEIGHTS_FILE} or {ADAPTER_WEIGHTS}")
+        saved = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        now = optimizer.state_dict()
+        sizes = [len(group["params"]) for group in now["param_groups"]]
+        if [len(group["params"]) for group in saved["param_groups"]] != sizes:
+            raise ValueError("its optimizer holds other parameter groups")
+        # The moments continue; the hyperparameters are this run's (a saved initial_lr would
+        # otherwise lay the new schedule over the old peak).
+        saved["param_groups"] = [
+            {**group, "params": old["params"]}
+            for group, old in zip(now["param_groups"], saved["param_groups"], strict=True)
+        ]
+        optimizer.load_state_dict(saved)
+    except (ValueError, RuntimeError, KeyError, OSError) as err:
+        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise HfminiError(
+            f"checkpoint {path} cannot start this run ({reason}): give the model settings and "
+            f"optim it was trained with (its {TRAINING_CONFIG_FILE})"
+        ) from None
+    logger.info("starting from %s: its weights and optimizer state, a fresh schedule", path)
 
 
 def save_checkpoint(
@@ -279,6 +339,7 @@ RESUMABLE_SETTINGS = frozenset(
         "output_dir",
         "overwrite_output_dir",
         "resume_from_checkpoint",
+        "init_from_checkpoint",  # a resume reads its own checkpoint, never this one again
         "logging_steps",
         "disable_tqdm",
         "eval_steps",
@@ -356,7 +417,8 @@ def check_resume_settings(saved: TrainState, config) -> None:
         raise HfminiError(
             f"these settings differ from the checkpoint's, so the run would not continue as it "
             f"was{schedule}: {listed}; resume with the checkpoint's settings, or train its "
-            "weights further in a new run: --model_name_or_path CHECKPOINT with another output_dir"
+            "weights further in a new run: --init_from_checkpoint CHECKPOINT (its weights and "
+            "optimizer state, a fresh schedule) with another output_dir"
         )
 
 
@@ -375,9 +437,9 @@ def check_resume_data(saved: TrainState, fingerprint: str) -> None:
     if saved.data_fingerprint and saved.data_fingerprint != fingerprint:
         raise HfminiError(
             "the training or validation data differ from the checkpoint's (after tokenization), "
-            "so resuming would skip blocks of the new data: resume on the same data, or train "
-            "its weights on the new data in a new run: --model_name_or_path CHECKPOINT with "
-            "another output_dir"
+            "so resuming would skip blocks of the new data: resume on the same data, or "
+            "continue on the new data in a new run: --init_from_checkpoint CHECKPOINT (its "
+            "weights and optimizer state, a fresh schedule) with another output_dir"
         )
 
 

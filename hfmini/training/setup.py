@@ -37,6 +37,8 @@ from hfmini.outputs.checkpoint import (
     check_resume_settings,
     load_checkpoint,
     load_data_position,
+    load_for_new_run,
+    resolve_init_path,
     save_weights_as_model,
     training_settings,
 )
@@ -69,12 +71,13 @@ logger = logging.getLogger("hfmini")
 def setup(config: Config) -> Run:
     """Check, load data, build tokenizer/model/optimizer, prepare with Accelerate, maybe resume."""
     args = config.train
-    resume_path, saved_state, source = check_before_work(config)
-    accelerator = start_process(config)
+    resume_path, saved_state, source, init_path = check_before_work(config)
+    accelerator = start_process(config, init_path)
     # Data and tokenizer: the main process fills the datasets and tokenizer caches first; the
-    # others then read them instead of repeating the work.
+    # others then read them instead of repeating the work. A resumed or continued run keeps its
+    # checkpoint's tokenizer.
     with accelerator.main_process_first():
-        data, tokenizer = prepare_data(config, resume_path)
+        data, tokenizer = prepare_data(config, resume_path or init_path)
     fingerprint = data.fingerprint()
     check_resume_data(saved_state, fingerprint)
     model = model_for_run(
@@ -92,6 +95,8 @@ def setup(config: Config) -> Run:
     else:  # each process reads its own part of the data
         model, optimizer = accelerator.prepare(model, optimizer)
     save_weights_as_model(accelerator, tokenizer)
+    if init_path is not None and resume_path is None:  # before the schedule reads the rate
+        load_for_new_run(accelerator, model, optimizer, init_path)
     batches_per_epoch = len(loader) if data.num_train_blocks is not None else 0
     length = run_length(config, batches_per_epoch)
     progress = Progress()
@@ -136,13 +141,18 @@ def setup(config: Config) -> Run:
     return run
 
 
-def check_before_work(config: Config) -> tuple[Path | None, TrainState, ModelSource | None]:
+def check_before_work(
+    config: Config,
+) -> tuple[Path | None, TrainState, ModelSource | None, Path | None]:
     """Everything that can fail before anything expensive runs or anything is deleted: the
     output_dir and the checkpoint to resume, the cache, the starting model's folder or Hub id,
     the Hub access a push will need. Returns (checkpoint to resume or None, its saved state,
-    the starting model or None)."""
+    the starting model or None, the checkpoint a new run starts from or None)."""
     args = config.train
     resume_path = check_output_dir(args)
+    init_path = None
+    if args.init_from_checkpoint is not None and resume_path is None:
+        init_path = resolve_init_path(args.init_from_checkpoint, args.output_dir)
     saved_state = TrainState()
     if resume_path is not None:
         saved_state = TrainState.from_json((resume_path / STATE_FILE).read_text())
@@ -154,13 +164,19 @@ def check_before_work(config: Config) -> tuple[Path | None, TrainState, ModelSou
         check_fits_run(source, config.model, config.data.block_size)
     if args.push_to_hub:
         check_hub_access(args.hub_model_id)
-    return resume_path, saved_state, source
+    return resume_path, saved_state, source, init_path
 
 
-def start_process(config: Config):
+def start_process(config: Config, init_path: Path | None = None):
     """The Accelerator of this process, with logging, CPU threads and the seed set."""
     args = config.train
     accelerator = make_accelerator(config)
+    if init_path is not None and is_sharded(accelerator):
+        raise HfminiError(
+            "init_from_checkpoint reads one whole optimizer state, which FSDP and DeepSpeed "
+            "shard: continue with DDP or one process, or start from the weights alone with "
+            "--model_name_or_path CHECKPOINT"
+        )
     if config.model.use_peft and is_sharded(accelerator):
         raise HfminiError(
             "use_peft is not supported with FSDP or DeepSpeed yet: train LoRA with DDP (its "

@@ -129,6 +129,8 @@ def log_run_start(config, accelerator, data, model, length) -> None:
         if config.model.from_scratch
         else f"{shape.model_type} from {config.model.model_name_or_path}"
     )
+    if config.train.init_from_checkpoint:
+        origin += f", continued from checkpoint {config.train.init_from_checkpoint}"
     logger.info(
         "model: %s, %d layers, %d heads, %d wide, context %d, vocabulary %d: %.2fM parameters, "
         "%s trainable",
