@@ -99,6 +99,22 @@ def test_refusals_are_one_line(tmp_path, capsys, first_run):
         str(first_run),
     )
     assert "cannot start this run" in error and "training_config.yaml" in error
+    error = train_error(
+        capsys,
+        *tiny_run_args(tmp_path / "c", 1, *data, finetune_from=first_run),
+        "--init_from_checkpoint",
+        str(first_run),
+    )
+    assert "was trained from scratch" in error and "drop --model_name_or_path" in error
+
+
+def test_an_unfinished_run_is_not_taken_for_a_model(tmp_path, capsys, first_run):
+    """A run's folder holds config.json from its start: without weights, the message names its
+    newest checkpoint, not a damaged copy."""
+    (first_run / "model.safetensors").unlink()
+    data = [*corpus_args(tmp_path, "second", 7), "--block_size", "32"]
+    error = train_error(capsys, *tiny_run_args(tmp_path / "d", 1, *data, finetune_from=first_run))
+    assert "has not finished" in error and str(first_run / "checkpoints" / "step-2") in error
 
 
 def test_a_continued_run_resumes_strictly(tmp_path, first_run, capsys):

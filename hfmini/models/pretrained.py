@@ -94,15 +94,16 @@ def check_model_folder(path: Path) -> dict:
     """
     from safetensors import SafetensorError, safe_open
 
+    kept = list_checkpoints(path)
+    if kept and not any(path.glob("model*.safetensors")) and not is_adapter_folder(path):
+        # A run's output_dir holds config.json from its start, the weights only at the end.
+        raise HfminiError(
+            f"{path} is the output_dir of a run that has not finished (no model, only "
+            f"checkpoints): start from its newest checkpoint with --model_name_or_path "
+            f"{kept[-1]}, or finish the run with --output_dir {path} --resume_from_checkpoint "
+            "latest"
+        )
     if not (path / "config.json").is_file():
-        kept = list_checkpoints(path)
-        if kept:
-            raise HfminiError(
-                f"{path} is the output_dir of a run that has not finished (no model, only "
-                f"checkpoints): start from its newest checkpoint with --model_name_or_path "
-                f"{kept[-1]}, or finish the run with --output_dir {path} --resume_from_checkpoint "
-                "latest"
-            )
         if (path / STATE_FILE).is_file():
             raise HfminiError(
                 f"{path} is a training checkpoint without model files (an older hfmini wrote "

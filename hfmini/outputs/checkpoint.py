@@ -23,7 +23,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from hfmini.config.parsing import ARG_GROUPS
+from hfmini.config.parsing import ARG_GROUPS, read_yaml
 from hfmini.errors import HfminiError, disk_full
 from hfmini.models.device import is_sharded
 from hfmini.models.tokenizer import save_tokenizer
@@ -138,6 +138,35 @@ def resolve_init_path(init_from_checkpoint: str, output_dir: str | Path) -> Path
             "writes: choose another output_dir (to continue the same run, resume it instead)"
         )
     return path
+
+
+def check_init_matches(path: Path, config) -> None:
+    """A checkpoint starts only a run of the same model: from scratch, or from the same
+    model_name_or_path, fully or by LoRA as it was trained (its training_config.yaml says)."""
+    saved = read_yaml(path / TRAINING_CONFIG_FILE, str(path / TRAINING_CONFIG_FILE), "") or {}
+    if not isinstance(saved, dict) or not saved:
+        return
+
+    def same(a, b) -> bool:
+        if a is None or b is None:
+            return a is b
+        if Path(a).is_dir() and Path(b).is_dir():
+            return Path(a).resolve() == Path(b).resolve()
+        return str(a) == str(b)
+
+    was, now = saved.get("model_name_or_path"), config.model.model_name_or_path
+    if not same(was, now):
+        fix = f"give --model_name_or_path {was}" if was else "drop --model_name_or_path"
+        raise HfminiError(
+            f"checkpoint {path} was trained {f'from {was}' if was else 'from scratch'}, this run "
+            f"{f'names {now}' if now else 'builds a model from scratch'}: {fix} to continue it"
+        )
+    if bool(saved.get("use_peft")) != bool(config.model.use_peft):
+        fix = "--use_peft true" if saved.get("use_peft") else "--use_peft false"
+        raise HfminiError(
+            f"checkpoint {path} was trained {'by LoRA' if saved.get('use_peft') else 'fully'}: "
+            f"continue it with {fix}"
+        )
 
 
 def load_for_new_run(accelerator, model, optimizer, path: Path) -> None:

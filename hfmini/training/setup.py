@@ -33,6 +33,7 @@ from hfmini.models.size import flops_per_token
 from hfmini.models.tokenizer import token_byte_lengths
 from hfmini.outputs.checkpoint import (
     TrainState,
+    check_init_matches,
     check_resume_data,
     check_resume_settings,
     load_checkpoint,
@@ -153,6 +154,7 @@ def check_before_work(
     init_path = None
     if args.init_from_checkpoint is not None and resume_path is None:
         init_path = resolve_init_path(args.init_from_checkpoint, args.output_dir)
+        check_init_matches(init_path, config)
     saved_state = TrainState()
     if resume_path is not None:
         saved_state = TrainState.from_json((resume_path / STATE_FILE).read_text())
