@@ -428,3 +428,22 @@ def test_sampling_from_a_lora_model_uses_the_cache_name_of_the_model_it_wraps():
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         assert decode(lora, [1, 2, 3], 8) == expected
+
+
+def test_an_adapter_whose_base_is_gone_names_its_adapter_config(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    save_file({"x": torch.zeros(1)}, adapter / "adapter_model.safetensors")
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "/nowhere/base"}')
+    error = train_error(
+        capsys,
+        "--config",
+        str(TINY_FINETUNE),
+        "--model_name_or_path",
+        str(adapter),
+        "--output_dir",
+        str(tmp_path / "out"),
+    )
+    assert "adapter_config.json's base_model_name_or_path" in error and "/nowhere/base" in error

@@ -163,7 +163,13 @@ def resolve(name: str) -> ModelSource:
     if path.is_dir():
         path = path.resolve()
         if is_adapter_folder(path):
-            base = resolve(_adapter_base(path))
+            try:
+                base = resolve(_adapter_base(path))
+            except HfminiError as err:  # name the file the base was read from
+                raise HfminiError(
+                    f"the base model of adapter {name} ({path / ADAPTER_CONFIG}'s "
+                    f"base_model_name_or_path) cannot be loaded: {err}"
+                ) from None
             base.name, base.adapter = name, str(path)
             return base
         check_model_folder(path)
