@@ -38,7 +38,7 @@ def seen(monkeypatch):
 @pytest.mark.parametrize("length", [0, 5, CHUNK_CHARS, 3 * CHUNK_CHARS + 17])
 def test_split_document_is_lossless(length):
     text = ("line of verse\n" * (length // 14 + 1) + "x" * CHUNK_CHARS)[:length]
-    pieces = split_document(text)
+    pieces = split_document(text, CHUNK_CHARS)
     assert "".join(pieces) == text
     assert all(len(p) <= CHUNK_CHARS for p in pieces)
 
@@ -82,6 +82,35 @@ def test_local_text_files_documents_and_eos(tmp_path, seen):
     assert data.train_tokens.tolist() == expected[:n]
     assert data.dropped_train_tokens == len(expected) - n
     assert tokenizer.decode(data.eval_tokens.tolist()) == val.read_text() + "<|endoftext|>"
+
+
+def test_a_big_text_file_is_read_in_pieces_that_join_into_one_document(tmp_path, monkeypatch):
+    """A .txt file is one document read in bounded pieces: no row is longer than a piece, only
+    the last piece ends the document, and the tokens are the whole file's followed by one EOS,
+    in the prepared path and in the stream alike."""
+    from hfmini.data import readers
+    from hfmini.data.streaming import take_tokens
+
+    monkeypatch.setattr(readers, "TEXT_PIECE_CHARS", 1000)
+    a = write_lines(tmp_path / "train" / "a.txt", 2000, seed=1)
+    b = write_lines(tmp_path / "train" / "b.txt", 40, seed=2)
+    # CRLF and a BOM read as datasets' text builder reads them (universal newlines, BOM kept).
+    b.write_bytes(b"\xef\xbb\xbf" + b.read_bytes().replace(b"\n", b"\r\n"))
+    rows = readers.text_documents([str(a), str(b)])
+    assert rows.num_rows > 20 and max(len(t) for t in rows["text"]) <= 1000
+    assert "".join(rows["text"]) == a.read_text() + b.read_text()
+    assert rows[readers.DOC_END].count(True) == 2 and rows[readers.DOC_END][-1]
+    args = DataArguments(train_file=[str(tmp_path / "train")], block_size=32)
+    data, tokenizer = prepare(args)
+    expected = []
+    for path in (a, b):
+        expected += tokenizer(path.read_text(), add_special_tokens=False)["input_ids"]
+        expected.append(tokenizer.eos_token_id)
+    got = torch.cat([data.train_tokens, data.eval_tokens]).tolist()
+    assert got == expected[: len(data.train_tokens)] + expected[-len(data.eval_tokens) :]
+    stream = readers.text_documents([str(a), str(b)], streaming=True)
+    streamed, read = take_tokens(stream, tokenizer, "text", len(expected) + 10)
+    assert streamed.tolist() == expected and read == rows.num_rows
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])

@@ -6,6 +6,7 @@ unchanged; only a hard cut inside a very long line can change it, at that point.
 from __future__ import annotations
 
 from hfmini.data.datasets_cache import map_cache_space
+from hfmini.data.readers import DOC_END, split_document
 
 # Documents are cut into chunks of at most this many characters (before blank lines where
 # possible) so that tokenization parallelises across processes and a validation tail can be held
@@ -16,42 +17,16 @@ CHUNK_CHARS = 4096
 CHUNK_BATCH_DOCUMENTS = 32
 
 
-def _boundary_before(text: str, separator: str, start: int, end: int) -> int:
-    """The last index in (start, end) where `separator` begins right after a non-space character,
-    or -1. Byte-level BPE pre-tokens never join a non-space character to the whitespace after it,
-    so cutting there leaves the tokenization of both sides unchanged."""
-    cut = text.rfind(separator, start + 1, end)
-    while cut > start and text[cut - 1].isspace():
-        cut = text.rfind(separator, start + 1, cut)
-    return cut
-
-
-def split_document(text: str, max_chars: int = CHUNK_CHARS) -> list[str]:
-    """Cut text into pieces of at most max_chars whose concatenation is the text: before a blank
-    line where possible (tokenization unchanged), else before a line break, else a hard cut."""
-    pieces = []
-    start = 0
-    while len(text) - start > max_chars:
-        end = start + max_chars
-        cut = _boundary_before(text, "\n\n", start, end)
-        if cut <= start:
-            cut = _boundary_before(text, "\n", start, end)
-        if cut <= start:
-            cut = end
-        pieces.append(text[start:cut])
-        start = cut
-    pieces.append(text[start:])
-    return pieces
-
-
 def _chunk_batch(batch: dict, text_column: str, max_chars: int) -> dict:
     texts, ends = [], []
-    for text in batch[text_column]:
+    # A .txt file comes in pieces (readers.text_pieces): only its last piece ends the document.
+    doc_ends = batch.get(DOC_END) or [True] * len(batch[text_column])
+    for text, doc_end in zip(batch[text_column], doc_ends, strict=True):
         if not text:
             continue  # an empty or missing document adds nothing, not even an EOS
         pieces = split_document(text, max_chars)
         texts.extend(pieces)
-        ends.extend([False] * (len(pieces) - 1) + [True])
+        ends.extend([False] * (len(pieces) - 1) + [doc_end])
     return {"text": texts, "doc_end": ends}
 
 

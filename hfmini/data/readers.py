@@ -20,7 +20,44 @@ logger = logging.getLogger("hfmini.data")
 # The `datasets` builders that yield rows of text; other builders (images, audio...) do not.
 TEXT_BUILDERS = ("text", "json", "csv", "parquet", "arrow")
 
-TEXT_FILES_PER_WRITE = 8
+# A .txt file is one document, read in pieces of at most this many characters cut where
+# split_document cuts (before a blank line, else before a line break): a row never holds more
+# than about 1 MB however large the file, and the pieces' tokens join exactly as the whole
+# file's would (no end-of-text between pieces of one file). A line longer than this is cut
+# inside, which can change its tokenization at that one point.
+TEXT_PIECE_CHARS = 1 << 20
+# The column marking a .txt file's last piece: the document's end-of-text follows it.
+DOC_END = "hfmini_doc_end"
+# Pieces the Arrow writer holds before it writes: a few MB.
+TEXT_PIECES_PER_WRITE = 8
+
+
+def _boundary_before(text: str, separator: str, start: int, end: int) -> int:
+    """The last index in (start, end) where `separator` begins right after a non-space character,
+    or -1. Byte-level BPE pre-tokens never join a non-space character to the whitespace after it,
+    so cutting there leaves the tokenization of both sides unchanged."""
+    cut = text.rfind(separator, start + 1, end)
+    while cut > start and text[cut - 1].isspace():
+        cut = text.rfind(separator, start + 1, cut)
+    return cut
+
+
+def split_document(text: str, max_chars: int) -> list[str]:
+    """Cut text into pieces of at most max_chars whose concatenation is the text: before a blank
+    line where possible (tokenization unchanged), else before a line break, else a hard cut."""
+    pieces = []
+    start = 0
+    while len(text) - start > max_chars:
+        end = start + max_chars
+        cut = _boundary_before(text, "\n\n", start, end)
+        if cut <= start:
+            cut = _boundary_before(text, "\n", start, end)
+        if cut <= start:
+            cut = end
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
 
 
 def _compression(path: Path) -> str | None:
@@ -158,11 +195,62 @@ def file_reader(path: Path) -> tuple[str, dict]:
     if builder in ("text", "json", "csv"):
         kwargs["encoding_errors"] = "replace"
     if builder == "text":
+        # Only for file_and_row; .txt files are read by text_pieces (text_documents).
         kwargs["sample_by"] = "document"
-        # A row is a whole file here, and the Arrow writer holds writer_batch_size rows before
-        # it writes (datasets' default: 1000 files in memory at once).
-        kwargs["writer_batch_size"] = TEXT_FILES_PER_WRITE
     return builder, kwargs
+
+
+def text_pieces(files: list[str], stamps: list[tuple], piece_chars: int):
+    """Rows {"text": piece, DOC_END: whether it is its file's last} of .txt files (optionally
+    compressed), read piece by piece: memory is one piece, whatever the file's size.
+
+    Decoded as datasets' text builder decodes (UTF-8, bad bytes replaced, universal newlines:
+    CRLF reads as LF), so the text is the same. `stamps` (size, mtime) only key the cache."""
+    import fsspec
+
+    del stamps
+    for file in files:
+        compression = _compression(Path(file))
+        with fsspec.open(
+            file, "rt", compression=compression, encoding="utf-8", errors="replace"
+        ) as f:
+            rest = ""
+            while data := f.read(piece_chars):
+                pieces = split_document(rest + data, piece_chars)
+                for piece in pieces[:-1]:
+                    yield {"text": piece, DOC_END: False}
+                rest = pieces[-1]  # may continue in the next read
+            if rest:
+                yield {"text": rest, DOC_END: True}
+
+
+def _text_generator_kwargs(files: list[str]) -> dict:
+    stamps = []
+    for file in files:
+        stat = Path(file).stat()
+        stamps.append((stat.st_size, stat.st_mtime_ns))
+    return {"files": files, "stamps": stamps, "piece_chars": TEXT_PIECE_CHARS}
+
+
+def text_documents(files: list[str], streaming: bool = False):
+    """.txt files → a Dataset (or, streaming, an IterableDataset) of pieces: see text_pieces.
+    Cached by the files' paths, sizes and modification times."""
+    import hashlib
+
+    from datasets import Dataset, Features, IterableDataset, Value
+
+    features = Features({"text": Value("string"), DOC_END: Value("bool")})
+    gen_kwargs = _text_generator_kwargs(files)
+    if streaming:
+        return IterableDataset.from_generator(text_pieces, features=features, gen_kwargs=gen_kwargs)
+    key = f"{gen_kwargs}-text-pieces-v1"
+    return Dataset.from_generator(
+        text_pieces,
+        features=features,
+        gen_kwargs=gen_kwargs,
+        fingerprint=hashlib.sha256(key.encode()).hexdigest()[:16],
+        writer_batch_size=TEXT_PIECES_PER_WRITE,
+    )
 
 
 def load_local(data_files: dict[str, list[str]]):
@@ -180,7 +268,13 @@ def load_local(data_files: dict[str, list[str]]):
     level = datasets_logger.level
     datasets_logger.setLevel(logging.CRITICAL)
     try:
+        if builder == "text":
+            from datasets import DatasetDict
+
+            return DatasetDict({split: text_documents(f) for split, f in data_files.items()})
         return load_dataset(builder, data_files=data_files, **kwargs)
+    except HfminiError:
+        raise
     except Exception as err:  # malformed JSON/CSV/Parquet: name the files, not the internals
         if disk_full(err):
             raise datasets_cache_full("the Arrow copy of the data") from None

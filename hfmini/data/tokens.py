@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hfmini.data.chunks import split_document
+from hfmini.data.chunks import CHUNK_CHARS, split_document
 from hfmini.data.datasets_cache import datasets_cache_full, map_cache_space
 from hfmini.errors import disk_full
 
@@ -74,17 +74,20 @@ def tokenize_chunks(chunks, tokenizer, num_proc: int | None):
         )
 
 
-def tokenize_documents(texts: list[str | None], tokenizer) -> list[int]:
+def tokenize_documents(
+    texts: list[str | None], tokenizer, doc_ends: list[bool] | None = None
+) -> list[int]:
     """Token ids of a batch of documents, each followed by EOS (as `tokenize_chunks` does); empty ones
     add nothing. Long documents are cut into chunks first, as in `chunk_documents`, so tokenization is
-    the same as the prepared path's."""
+    the same as the prepared path's. `doc_ends[i]` False: texts[i] is a piece of a .txt file that
+    the next text continues (no EOS after it)."""
     pieces, ends = [], []
-    for text in texts:
+    for text, doc_end in zip(texts, doc_ends or [True] * len(texts), strict=True):
         if not text:
             continue
-        parts = split_document(text)
+        parts = split_document(text, CHUNK_CHARS)
         pieces += parts
-        ends += [False] * (len(parts) - 1) + [True]
+        ends += [False] * (len(parts) - 1) + [doc_end]
     encodings = encode_batch(tokenizer, pieces)
     ids: list[int] = []
     for encoding, end in zip(encodings, ends, strict=True):
