@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hfmini.bench.__main__ import _machine
+from hfmini.bench.report import machine as _machine
 from hfmini.config import parse_config
 from hfmini.data.prepare import prepare_data
 from hfmini.data.shakespeare import load_plays

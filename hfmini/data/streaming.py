@@ -235,22 +235,16 @@ def check_stream_columns(documents, column: str) -> None:
 
 
 def take_tokens(documents, tokenizer, text_column: str, count: int) -> tuple[torch.Tensor, int]:
-    """The first `count` tokens of a document stream (fewer if it ends) and the documents read."""
+    """The first `count` tokens of a document stream (fewer if it ends) and the documents read:
+    only as many as those tokens need. One document at a time: validation is a few hundred
+    blocks at most, so the per-call cost does not matter here."""
     ids: list[int] = []
     read = 0
-    texts: list[str] = []
-    ends: list[bool] = []
     for row in readable(documents):
-        texts.append(row[text_column])
-        ends.append(row.get(DOC_END, True))
+        if len(ids) >= count:
+            break
+        ids += tokenize_documents([row[text_column]], tokenizer, [row.get(DOC_END, True)])
         read += 1
-        if len(texts) == DOCUMENT_BATCH:
-            ids += tokenize_documents(texts, tokenizer, ends)
-            texts, ends = [], []
-            if len(ids) >= count:
-                break
-    if texts and len(ids) < count:
-        ids += tokenize_documents(texts, tokenizer, ends)
     return torch.tensor(ids[:count], dtype=torch.int32), read
 
 
