@@ -161,11 +161,54 @@ def count_invalid_utf8(path: str, block: int = 1 << 20) -> int:
     return bad
 
 
+def first_invalid_utf8(path: str, block: int = 1 << 20) -> tuple[int, int] | None:
+    """(line, byte in that line), both from 1, of the first bytes of `path` (decompressed) that are
+    not valid UTF-8, or None. Streams the file once; only run on files known to hold some."""
+    import codecs
+
+    import fsspec
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines, line_start, offset = 1, 0, 0
+    with fsspec.open(path, "rb", compression=_compression(Path(path))) as handle:
+        while chunk := handle.read(block):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                # The decoder may hold up to 3 bytes of the previous chunk: clamp to this one.
+                at = max(0, err.start - len(err.object) + len(chunk))
+                before = chunk[:at]
+                newline = before.rfind(b"\n")
+                if newline >= 0:
+                    line_start = offset + newline + 1
+                return lines + before.count(b"\n"), offset + at - line_start + 1
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                line_start = offset + newline + 1
+            lines += chunk.count(b"\n")
+            offset += len(chunk)
+    return None
+
+
+def invalid_utf8_error(path: str) -> HfminiError:
+    """A JSON file is refused at its first invalid byte: pyarrow's JSON reader cannot replace
+    them, and a guess at the encoding would change the text silently."""
+    found = first_invalid_utf8(path) or (0, 0)
+    return HfminiError(
+        f"{path} line {found[0]} is not valid UTF-8 (byte {found[1]} of the line): re-encode the "
+        "file as UTF-8 (e.g. iconv -f latin1 -t utf-8) or fix that line"
+    )
+
+
 def _warn_invalid_utf8(files: list[str]) -> None:
-    """Invalid bytes are replaced by U+FFFD (never a crash); say so once, with the count."""
+    """Invalid bytes are replaced by U+FFFD (never a crash); say so once, with the count. JSON
+    files are refused instead, naming the line (invalid_utf8_error)."""
     binary = ("parquet", "arrow")  # columnar files store strings already validated
     counts = {f: count_invalid_utf8(f) for f in files if file_format(Path(f))[0] not in binary}
     bad = {f: n for f, n in counts.items() if n}
+    for f in bad:
+        if file_format(Path(f))[0] == "json":
+            raise invalid_utf8_error(f)
     if bad:
         first = next(iter(bad))
         logger.warning(
@@ -268,10 +311,12 @@ def load_local(data_files: dict[str, list[str]]):
     level = datasets_logger.level
     datasets_logger.setLevel(logging.CRITICAL)
     try:
-        if builder == "text":
-            from datasets import DatasetDict
+        from datasets import DatasetDict
 
+        if builder == "text":
             return DatasetDict({split: text_documents(f) for split, f in data_files.items()})
+        if builder == "json":
+            return DatasetDict({split: _json_files(f, kwargs) for split, f in data_files.items()})
         return load_dataset(builder, data_files=data_files, **kwargs)
     except HfminiError:
         raise
@@ -286,6 +331,32 @@ def load_local(data_files: dict[str, list[str]]):
         ) from None
     finally:
         datasets_logger.setLevel(level)
+
+
+def _json_files(files: list[str], kwargs: dict):
+    """JSON files one by one, then concatenated: read together, datasets types each column from
+    the first file and silently casts a later file's numbers to text ("42"). A column of text in
+    one file that holds something else in another is one line naming that file and row."""
+    from datasets import Value, concatenate_datasets, load_dataset
+
+    parts = [load_dataset("json", data_files={"train": [f]}, **kwargs)["train"] for f in files]
+    text = ("string", "large_string")
+    for column, feature in parts[0].features.items():
+        if not (isinstance(feature, Value) and feature.dtype in text):
+            continue
+        for file, part in zip(files[1:], parts[1:], strict=True):
+            other = part.features.get(column)
+            if other is None or (isinstance(other, Value) and other.dtype in text + ("null",)):
+                continue
+            for row, value in enumerate(part[column]):
+                if value is not None and not isinstance(value, str):
+                    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+                    raise HfminiError(
+                        f"{file} row {row + 1}: column {column!r} holds {type(value).__name__} "
+                        f"{shown} where {files[0]} holds text: make it a string (null skips a "
+                        "row)"
+                    )
+    return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
 def load_hub(name: str, config_name: str | None, streaming: bool = False):

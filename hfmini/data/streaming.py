@@ -27,7 +27,15 @@ from typing import ClassVar
 import torch
 
 from hfmini.data.blocks import TokenValidation
-from hfmini.data.readers import DOC_END, expand_data_files, file_reader, load_hub, text_documents
+from hfmini.data.readers import (
+    DOC_END,
+    count_invalid_utf8,
+    expand_data_files,
+    file_reader,
+    invalid_utf8_error,
+    load_hub,
+    text_documents,
+)
 from hfmini.data.splits import VALIDATION_SPLIT_NAMES
 from hfmini.data.tokens import tokenize_documents
 from hfmini.data.training_data import TEXT_FORMAT
@@ -86,7 +94,7 @@ class BlockStream(torch.utils.data.IterableDataset):
             self.documents.load_state_dict(self.position or self.start)
             batch, read = ([], []), 0
             for row in readable(self.documents):
-                batch[0].append(row[self.text_column])
+                batch[0].append(text_of(row, self.text_column))
                 batch[1].append(row.get(DOC_END, True))
                 read += 1
                 if len(batch[0]) == DOCUMENT_BATCH:
@@ -206,21 +214,32 @@ def open_streams(data_args) -> tuple:
         if data_args.validation_file:
             files["validation"] = expand_data_files(data_args.validation_file, "validation_file")
         builder, kwargs = file_reader(Path(files["train"][0]))
+        if builder == "json":
+            # pyarrow's JSON reader fails on a bad byte mid-run; one decoding pass (C, about a
+            # second a GB) names the file and line now instead.
+            for file in (f for split_files in files.values() for f in split_files):
+                if count_invalid_utf8(file):
+                    raise invalid_utf8_error(file)
         if builder == "text":  # in pieces, as the prepared path reads them
             raw = {split: text_documents(f, streaming=True) for split, f in files.items()}
         else:
-            raw = load_dataset(builder, data_files=files, streaming=True, **kwargs)
+            # Each split alone: together, datasets casts the validation rows to the train
+            # columns and fails mid-stream when they differ.
+            raw = {
+                split: load_dataset(builder, data_files={split: f}, streaming=True, **kwargs)[split]
+                for split, f in files.items()
+            }
     else:
         raw = load_hub(data_args.dataset_name, data_args.dataset_config_name, streaming=True)
     validation = next((raw[s] for s in VALIDATION_SPLIT_NAMES if s in raw), None)
     return raw["train"], validation
 
 
-def check_stream_columns(documents, column: str) -> None:
+def check_stream_columns(documents, column: str, what: str = "training") -> None:
     """The first row holds the text column; instruction and chat rows are not streamed yet."""
-    first = next(iter(documents), None)
+    first = next(iter(readable(documents)), None)
     if first is None:
-        raise HfminiError("the training stream holds no documents: check the data source")
+        raise HfminiError(f"the {what} stream holds no documents: check the data source")
     if column in first:
         return
     if "messages" in first or "prompt" in first:
@@ -229,8 +248,21 @@ def check_stream_columns(documents, column: str) -> None:
             "prepared path; drop --streaming"
         )
     raise HfminiError(
-        f"text_column {column!r} is not in the streamed data; its columns are "
-        f"{', '.join(first)}: set --text_column to one of them"
+        f"text_column {column!r} is not in the streamed {what} data; its columns are "
+        f"{', '.join(first)}: set --text_column to one of them (in every file)"
+    )
+
+
+def text_of(row: dict, column: str) -> str | None:
+    """A streamed row's text; a number or a list there is one line, not a tokenizer traceback."""
+    value = row[column]
+    if value is None or isinstance(value, str):
+        return value
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    raise HfminiError(
+        f"a streamed row's text_column {column!r} holds {type(value).__name__} {shown}, not "
+        "text: make every text value a string (null skips a row); drop --streaming for the "
+        "file and row"
     )
 
 
@@ -243,7 +275,7 @@ def take_tokens(documents, tokenizer, text_column: str, count: int) -> tuple[tor
     for row in readable(documents):
         if len(ids) >= count:
             break
-        ids += tokenize_documents([row[text_column]], tokenizer, [row.get(DOC_END, True)])
+        ids += tokenize_documents([text_of(row, text_column)], tokenizer, [row.get(DOC_END, True)])
         read += 1
     return torch.tensor(ids[:count], dtype=torch.int32), read
 
@@ -253,7 +285,7 @@ def tokenizer_texts(documents, text_column: str, budget: int):
     tokenizer trained from scratch learns from."""
     texts, total = [], 0
     for row in readable(documents):
-        text = row[text_column] or ""
+        text = text_of(row, text_column) or ""
         texts.append(text)
         total += len(text.encode("utf-8"))
         if budget and total >= budget:
