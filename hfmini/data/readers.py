@@ -333,28 +333,36 @@ def load_local(data_files: dict[str, list[str]]):
         datasets_logger.setLevel(level)
 
 
+def _is_text(feature) -> bool:
+    from datasets import Value
+
+    return isinstance(feature, Value) and feature.dtype in ("string", "large_string", "null")
+
+
 def _json_files(files: list[str], kwargs: dict):
     """JSON files one by one, then concatenated: read together, datasets types each column from
-    the first file and silently casts a later file's numbers to text ("42"). A column of text in
-    one file that holds something else in another is one line naming that file and row."""
-    from datasets import Value, concatenate_datasets, load_dataset
+    the first file and silently casts a later file's numbers to text ("42"). A column that is
+    text in one file and holds something else in another is one line naming that file and row
+    (a Python scan of that file's column, on this error path only)."""
+    import json
+
+    from datasets import concatenate_datasets, load_dataset
 
     parts = [load_dataset("json", data_files={"train": [f]}, **kwargs)["train"] for f in files]
-    text = ("string", "large_string")
-    for column, feature in parts[0].features.items():
-        if not (isinstance(feature, Value) and feature.dtype in text):
+    columns = {c for part in parts for c in part.column_names}
+    for column in sorted(columns):
+        typed = [(f, p) for f, p in zip(files, parts, strict=True) if column in p.column_names]
+        texts = [f for f, p in typed if _is_text(p.features[column])]
+        if not texts or len(texts) == len(typed):
             continue
-        for file, part in zip(files[1:], parts[1:], strict=True):
-            other = part.features.get(column)
-            if other is None or (isinstance(other, Value) and other.dtype in text + ("null",)):
-                continue
+        for file, part in typed:
             for row, value in enumerate(part[column]):
                 if value is not None and not isinstance(value, str):
-                    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+                    shown = json.dumps(value, default=str)
+                    shown = shown if len(shown) <= 40 else shown[:37] + "..."
                     raise HfminiError(
-                        f"{file} row {row + 1}: column {column!r} holds {type(value).__name__} "
-                        f"{shown} where {files[0]} holds text: make it a string (null skips a "
-                        "row)"
+                        f"{file} row {row + 1}: column {column!r} holds {shown}, not text as in "
+                        f"{texts[0]}: make every value of the column a string (null skips a row)"
                     )
     return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
