@@ -272,3 +272,55 @@ def test_every_kind_of_training_data_has_the_whole_interface():
 
     for validation_set in (TokenValidation, ExampleValidation):
         assert members(ValidationSet) <= set(vars(validation_set))
+
+
+def llama_style_tokenizer(folder) -> str:
+    """A tiny local tokenizer whose post-processor puts <s> before every text, as Llama's does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    backend.train_from_iterator(["thou art the king, good night sweet prince"] * 50, trainer)
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_documents_and_text_prompts_start_with_the_bos_a_llama_style_tokenizer_adds(tmp_path):
+    """A tokenizer that adds BOS when it encodes a text gets it once per document (not per
+    piece or chunk) and before a text prompt; GPT-2-style tokenizers add none (token counts of
+    the other tests)."""
+    from hfmini.data.tokens import bos_ids
+
+    name = llama_style_tokenizer(tmp_path / "tok")
+    model = ModelArguments(tokenizer_name=name)
+    a = write_lines(tmp_path / "train" / "a.txt", 300, seed=1)
+    write_lines(tmp_path / "train" / "b.txt", 300, seed=2)
+    args = DataArguments(train_file=[str(tmp_path / "train")], block_size=32)
+    data, tokenizer = prepare_data(Config(args, model, TrainArguments()))
+    bos = tokenizer.bos_token_id
+    assert bos_ids(tokenizer) == [bos]
+    tokens = torch.cat([data.train_tokens, data.eval_tokens])
+    assert data.train_tokens[0] == bos and int((tokens == bos).sum()) == 2
+    first = tokenizer(a.read_text())["input_ids"]  # as the tokenizer encodes it for its model
+    assert data.train_tokens[: len(first)].tolist() == first
+    rows = [{"prompt": f"question {i}\n", "completion": f"answer {i}"} for i in range(40)]
+    path = tmp_path / "pc.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = DataArguments(train_file=[str(path)], block_size=32)
+    data, tokenizer = prepare_data(Config(args, model, TrainArguments()))
+    example = data.train_sequences[0]
+    assert example["input_ids"][0] == bos and example["labels"][0] == -100
+    assert int((example["input_ids"] == bos).sum()) == 1

@@ -6,7 +6,7 @@ unchanged; only a hard cut inside a very long line can change it, at that point.
 from __future__ import annotations
 
 from hfmini.data.datasets_cache import map_cache_space
-from hfmini.data.readers import DOC_END, split_document
+from hfmini.data.readers import DOC_END, DOC_START, split_document
 
 # Documents are cut into chunks of at most this many characters (before blank lines where
 # possible) so that tokenization parallelises across processes and a validation tail can be held
@@ -18,20 +18,25 @@ CHUNK_BATCH_DOCUMENTS = 32
 
 
 def _chunk_batch(batch: dict, text_column: str, max_chars: int) -> dict:
-    texts, ends = [], []
-    # A .txt file comes in pieces (readers.text_pieces): only its last piece ends the document.
-    doc_ends = batch.get(DOC_END) or [True] * len(batch[text_column])
-    for text, doc_end in zip(batch[text_column], doc_ends, strict=True):
+    texts, starts, ends = [], [], []
+    # A .txt file comes in pieces (readers.text_pieces): only its first piece starts the
+    # document and only its last ends it.
+    rows = len(batch[text_column])
+    doc_starts = batch.get(DOC_START) or [True] * rows
+    doc_ends = batch.get(DOC_END) or [True] * rows
+    for text, doc_start, doc_end in zip(batch[text_column], doc_starts, doc_ends, strict=True):
         if not text:
             continue  # an empty or missing document adds nothing, not even an EOS
         pieces = split_document(text, max_chars)
         texts.extend(pieces)
+        starts.extend([doc_start] + [False] * (len(pieces) - 1))
         ends.extend([False] * (len(pieces) - 1) + [doc_end])
-    return {"text": texts, "doc_end": ends}
+    return {"text": texts, "doc_start": starts, "doc_end": ends}
 
 
 def chunk_documents(raw, text_column: str, num_proc: int | None):
-    """Rows of any shape → rows of ('text' ≤ CHUNK_CHARS, 'doc_end') in document order."""
+    """Rows of any shape → rows of ('text' ≤ CHUNK_CHARS, 'doc_start', 'doc_end') in document
+    order."""
     from datasets import Features, Value
 
     with map_cache_space(raw, "the chunked documents"):
@@ -45,7 +50,9 @@ def chunk_documents(raw, text_column: str, num_proc: int | None):
             fn_kwargs={"text_column": text_column, "max_chars": CHUNK_CHARS},
             remove_columns=next(iter(raw.values())).column_names,
             # Explicit features keep the columns even when every document is empty.
-            features=Features({"text": Value("string"), "doc_end": Value("bool")}),
+            features=Features(
+                {"text": Value("string"), "doc_start": Value("bool"), "doc_end": Value("bool")}
+            ),
             num_proc=num_proc,
             desc="Chunking documents",
         )

@@ -26,7 +26,9 @@ TEXT_BUILDERS = ("text", "json", "csv", "parquet", "arrow")
 # file's would (no end-of-text between pieces of one file). A line longer than this is cut
 # inside, which can change its tokenization at that one point.
 TEXT_PIECE_CHARS = 1 << 20
-# The column marking a .txt file's last piece: the document's end-of-text follows it.
+# The columns marking a .txt file's first piece (a BOS precedes it, for tokenizers that add one)
+# and its last (the document's end-of-text follows it).
+DOC_START = "hfmini_doc_start"
 DOC_END = "hfmini_doc_end"
 # Pieces the Arrow writer holds before it writes: a few MB.
 TEXT_PIECES_PER_WRITE = 8
@@ -253,6 +255,7 @@ def text_pieces(files: list[str], stamps: list[tuple], piece_chars: int):
 
     del stamps
     for file in files:
+        first = True
         compression = _compression(Path(file))
         with fsspec.open(
             file, "rt", compression=compression, encoding="utf-8", errors="replace"
@@ -261,10 +264,11 @@ def text_pieces(files: list[str], stamps: list[tuple], piece_chars: int):
             while data := f.read(piece_chars):
                 pieces = split_document(rest + data, piece_chars)
                 for piece in pieces[:-1]:
-                    yield {"text": piece, DOC_END: False}
+                    yield {"text": piece, DOC_START: first, DOC_END: False}
+                    first = False
                 rest = pieces[-1]  # may continue in the next read
             if rest:
-                yield {"text": rest, DOC_END: True}
+                yield {"text": rest, DOC_START: first, DOC_END: True}
 
 
 def _text_generator_kwargs(files: list[str]) -> dict:
@@ -282,11 +286,11 @@ def text_documents(files: list[str], streaming: bool = False):
 
     from datasets import Dataset, Features, IterableDataset, Value
 
-    features = Features({"text": Value("string"), DOC_END: Value("bool")})
+    features = Features({"text": Value("string"), DOC_START: Value("bool"), DOC_END: Value("bool")})
     gen_kwargs = _text_generator_kwargs(files)
     if streaming:
         return IterableDataset.from_generator(text_pieces, features=features, gen_kwargs=gen_kwargs)
-    key = f"{gen_kwargs}-text-pieces-v1"
+    key = f"{gen_kwargs}-text-pieces-v2"
     return Dataset.from_generator(
         text_pieces,
         features=features,

@@ -25,7 +25,7 @@ import hashlib
 from typing import Any
 
 from hfmini.data.readers import file_and_row
-from hfmini.data.tokens import encode_batch, tokenizer_fingerprint
+from hfmini.data.tokens import bos_ids, encode_batch, tokenizer_fingerprint
 from hfmini.errors import HfminiError
 from hfmini.models.chat_template import KNOWN_ROLES, end_of_turn_token
 
@@ -210,11 +210,17 @@ def render_pieces(row: dict, fmt: str, tokenizer, end_token: str | None) -> list
 def _encode_batch(batch: dict, fmt: str, tokenizer, end_token: str | None) -> dict:
     ids_column, mask_column = [], []
     columns = list(batch)
+    # Text prompts start with the BOS the tokenizer adds for its model (Llama's); a chat
+    # template writes its own.
+    bos = bos_ids(tokenizer)
     for offset in range(len(batch[columns[0]])):
-        pieces = render_pieces({c: batch[c][offset] for c in columns}, fmt, tokenizer, end_token)
+        row = {c: batch[c][offset] for c in columns}
+        pieces = render_pieces(row, fmt, tokenizer, end_token)
         # Each piece alone, as generation sees a prompt: tokens never straddle an answer's edge.
         encodings = encode_batch(tokenizer, [text for text, _ in pieces])
         ids, mask = [], []
+        if fmt == "prompt_completion" and isinstance(row["prompt"], str):
+            ids, mask = list(bos), [False] * len(bos)
         for encoding, (_, is_answer) in zip(encodings, pieces, strict=True):
             ids += encoding.ids
             mask += [is_answer] * len(encoding.ids)
@@ -228,7 +234,7 @@ def tokenize_rows(splits, fmt: str, tokenizer, num_proc: int | None):
     from datasets import DatasetDict, Features, Sequence, Value
 
     end_token = end_of_turn_token(tokenizer)
-    key = f"{tokenizer_fingerprint(tokenizer)}-{tokenizer.chat_template}-{end_token}-{fmt}-sft-v1"
+    key = f"{tokenizer_fingerprint(tokenizer)}-{tokenizer.chat_template}-{end_token}-{fmt}-sft-v2"
     out = {}
     for split, ds in splits.items():
         out[split] = ds.map(

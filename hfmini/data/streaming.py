@@ -29,6 +29,7 @@ import torch
 from hfmini.data.blocks import TokenValidation
 from hfmini.data.readers import (
     DOC_END,
+    DOC_START,
     count_invalid_utf8,
     expand_data_files,
     file_reader,
@@ -88,18 +89,20 @@ class BlockStream(torch.utils.data.IterableDataset):
         self.generator.set_state(state["generator"])
 
     def _document_batches(self):
-        """((texts, doc_ends), the documents' state after them), from where the stream stands; at
+        """((texts, doc_ends, doc_starts), the documents' state after them), from where the
+        stream stands; at
         the end of the documents a new pass starts from their beginning."""
         while True:
             self.documents.load_state_dict(self.position or self.start)
-            batch, read = ([], []), 0
+            batch, read = ([], [], []), 0
             for row in readable(self.documents):
                 batch[0].append(text_of(row, self.text_column))
                 batch[1].append(row.get(DOC_END, True))
+                batch[2].append(row.get(DOC_START, True))
                 read += 1
                 if len(batch[0]) == DOCUMENT_BATCH:
                     yield batch, copy.deepcopy(self.documents.state_dict())
-                    batch = ([], [])
+                    batch = ([], [], [])
             if batch[0]:
                 yield batch, copy.deepcopy(self.documents.state_dict())
             if read == 0 and self.position is None:
@@ -110,8 +113,8 @@ class BlockStream(torch.utils.data.IterableDataset):
     def _fill(self, batches) -> None:
         """Read documents until the shuffle buffer is full."""
         while len(self.buffer) < SHUFFLE_BLOCKS:
-            (texts, ends), position = next(batches)
-            self.pending += tokenize_documents(texts, self.tokenizer, ends)
+            (texts, ends, starts), position = next(batches)
+            self.pending += tokenize_documents(texts, self.tokenizer, ends, starts)
             self.position = position
             usable = len(self.pending) - len(self.pending) % self.block_size
             for start in range(0, usable, self.block_size):
@@ -275,7 +278,8 @@ def take_tokens(documents, tokenizer, text_column: str, count: int) -> tuple[tor
     for row in readable(documents):
         if len(ids) >= count:
             break
-        ids += tokenize_documents([text_of(row, text_column)], tokenizer, [row.get(DOC_END, True)])
+        end, start = row.get(DOC_END, True), row.get(DOC_START, True)
+        ids += tokenize_documents([text_of(row, text_column)], tokenizer, [end], [start])
         read += 1
     return torch.tensor(ids[:count], dtype=torch.int32), read
 
