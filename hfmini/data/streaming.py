@@ -251,7 +251,8 @@ def check_stream_columns(documents, column: str, what: str = "training") -> None
             "prepared path; drop --streaming"
         )
     raise HfminiError(
-        f"text_column {column!r} is not in the streamed {what} data; its columns are "
+        f"text_column {column!r} is not in the streamed {'' if what == 'training' else what + ' '}"
+        f"data; its columns are "
         f"{', '.join(first)}: set --text_column to one of them (in every file)"
     )
 
