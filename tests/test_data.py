@@ -55,6 +55,18 @@ def test_split_before_blank_lines_keeps_the_tokenization():
     assert parts == whole
 
 
+def test_one_long_line_is_cut_before_spaces_and_keeps_the_tokenization():
+    from hfmini.models.tokenizer import train_tokenizer
+
+    text = "Soft, what  light through yonder window 42 breaks? " * 200  # no line break at all
+    pieces = split_document(text, max_chars=1000)
+    assert len(pieces) > 5 and all(p.startswith(" ") for p in pieces[1:])
+    tokenizer = train_tokenizer(iter([text]), 300, 64)
+    whole = tokenizer(text, add_special_tokens=False)["input_ids"]
+    parts = [i for p in pieces for i in tokenizer(p, add_special_tokens=False)["input_ids"]]
+    assert parts == whole
+
+
 def test_pack_drops_only_the_tail():
     tokens = torch.arange(103, dtype=torch.int32)
     packed, dropped = pack(tokens, 10, "train")

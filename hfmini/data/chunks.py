@@ -1,7 +1,8 @@
 """Documents cut into chunks of at most CHUNK_CHARS characters, before blank lines where possible,
 so that tokenization parallelises across processes and a validation tail can be held out even
 from a single text file. Cutting just before a line break leaves the byte-level BPE tokenization
-unchanged; only a hard cut inside a very long line can change it, at that point."""
+unchanged, and so does cutting a very long line before a space; only a hard cut inside a long run
+without spaces can change it, at that point."""
 
 from __future__ import annotations
 

@@ -23,8 +23,9 @@ TEXT_BUILDERS = ("text", "json", "csv", "parquet", "arrow")
 # A .txt file is one document, read in pieces of at most this many characters cut where
 # split_document cuts (before a blank line, else before a line break): a row never holds more
 # than about 1 MB however large the file, and the pieces' tokens join exactly as the whole
-# file's would (no end-of-text between pieces of one file). A line longer than this is cut
-# inside, which can change its tokenization at that one point.
+# file's would (no end-of-text between pieces of one file). A line longer than this is cut before
+# a space; only a run without spaces this long is cut inside, which can change its tokenization
+# at that one point.
 TEXT_PIECE_CHARS = 1 << 20
 # The columns marking a .txt file's first piece (a BOS precedes it, for tokenizers that add one)
 # and its last (the document's end-of-text follows it).
@@ -46,7 +47,8 @@ def _boundary_before(text: str, separator: str, start: int, end: int) -> int:
 
 def split_document(text: str, max_chars: int) -> list[str]:
     """Cut text into pieces of at most max_chars whose concatenation is the text: before a blank
-    line where possible (tokenization unchanged), else before a line break, else a hard cut."""
+    line where possible (tokenization unchanged), else before a line break, else (one long line)
+    before a space, else a hard cut."""
     pieces = []
     start = 0
     while len(text) - start > max_chars:
@@ -54,6 +56,8 @@ def split_document(text: str, max_chars: int) -> list[str]:
         cut = _boundary_before(text, "\n\n", start, end)
         if cut <= start:
             cut = _boundary_before(text, "\n", start, end)
+        if cut <= start:
+            cut = _boundary_before(text, " ", start, end)
         if cut <= start:
             cut = end
         pieces.append(text[start:cut])
