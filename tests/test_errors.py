@@ -141,9 +141,12 @@ def test_text_column_not_in_data(capsys, quick, tmp_path):
 def test_malformed_json(capsys, quick, tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "ok"}\n{"text": broken\n')
-    assert "check that the files are valid json" in train_error(
-        capsys, *quick, "--train_file", str(path)
-    )
+    message = train_error(capsys, *quick, "--train_file", str(path))
+    assert f"{path} line 2 is not valid JSON (Expecting value): fix or remove the line" in message
+    path = tmp_path / "bad.json"  # one JSON document: no line to name
+    path.write_text('[{"text": "ok"}, {"text": broken]\n')
+    message = train_error(capsys, *quick, "--train_file", str(path))
+    assert "check that the files are valid json" in message
 
 
 def test_invalid_utf8_is_replaced_and_counted(tmp_path, caplog):

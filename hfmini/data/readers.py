@@ -196,6 +196,31 @@ def first_invalid_utf8(path: str, block: int = 1 << 20) -> tuple[int, int] | Non
     return None
 
 
+def first_bad_json_line(path: str) -> tuple[int, str] | None:
+    """(line, reason) of the first line of a JSON lines file that is not a JSON object, or None
+    (also for a .json file that is one document). A Python pass: only on the error path."""
+    import json
+
+    import fsspec
+
+    name = Path(path).name
+    if _compression(Path(path)):
+        name = name[: -len(Path(path).suffix)]  # a.jsonl.gz is a JSON lines file
+    if Path(name).suffix.lower() not in (".jsonl", ".ndjson"):
+        return None
+    with fsspec.open(path, "rt", compression=_compression(Path(path)), encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as err:
+                return number, str(err).split(":")[0]
+            if not isinstance(value, dict):
+                return number, f"a JSON {type(value).__name__}, not an object with fields"
+    return None
+
+
 def invalid_utf8_error(path: str) -> HfminiError:
     """A JSON file is refused at its first invalid byte: pyarrow's JSON reader cannot replace
     them, and a guess at the encoding would change the text silently."""
@@ -331,6 +356,13 @@ def load_local(data_files: dict[str, list[str]]):
     except Exception as err:  # malformed JSON/CSV/Parquet: name the files, not the internals
         if disk_full(err):
             raise datasets_cache_full("the Arrow copy of the data") from None
+        if builder == "json":
+            for file in all_files:
+                if found := first_bad_json_line(file):
+                    raise HfminiError(
+                        f"{file} line {found[0]} is not valid JSON ({found[1]}): fix or remove "
+                        "the line"
+                    ) from None
         reason = str(err.__cause__ or err).splitlines()[0][:200] if str(err) else type(err).__name__
         files = ", ".join(all_files)[:200]
         raise HfminiError(

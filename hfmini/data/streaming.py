@@ -45,6 +45,9 @@ from hfmini.errors import HfminiError
 logger = logging.getLogger("hfmini.data")
 
 DOCUMENT_BATCH = 64  # documents read and tokenized together (the unit a resume restarts from)
+# ... or fewer once they hold this many characters: 64 pieces of a big .txt file would be 64 MB
+# of text, and their ids as Python ints several times that.
+BATCH_CHARS = 1 << 20
 
 SHUFFLE_BLOCKS = 1024  # blocks in the shuffle buffer: a few MB at context 1024
 
@@ -94,15 +97,17 @@ class BlockStream(torch.utils.data.IterableDataset):
         the end of the documents a new pass starts from their beginning."""
         while True:
             self.documents.load_state_dict(self.position or self.start)
-            batch, read = ([], [], []), 0
+            batch, read, chars = ([], [], []), 0, 0
             for row in readable(self.documents):
-                batch[0].append(text_of(row, self.text_column))
+                text = text_of(row, self.text_column)
+                batch[0].append(text)
                 batch[1].append(row.get(DOC_END, True))
                 batch[2].append(row.get(DOC_START, True))
                 read += 1
-                if len(batch[0]) == DOCUMENT_BATCH:
+                chars += len(text or "")
+                if len(batch[0]) == DOCUMENT_BATCH or chars >= BATCH_CHARS:
                     yield batch, copy.deepcopy(self.documents.state_dict())
-                    batch = ([], [], [])
+                    batch, chars = ([], [], []), 0
             if batch[0]:
                 yield batch, copy.deepcopy(self.documents.state_dict())
             if read == 0 and self.position is None:
