@@ -673,3 +673,9 @@ def test_streamed_edges_are_one_line(capsys, quick, tmp_path):
     gone.unlink()
     with pytest.raises(HfminiError, match=f"a streamed file {gone} can no longer be read"):
         take_tokens(documents, None, "text", 10)
+
+
+def test_training_data_whose_every_text_is_empty_says_so(capsys, quick, tmp_path):
+    path = _jsonl(tmp_path / "empty.jsonl", ["", None, ""] * 20)
+    message = train_error(capsys, *quick, "--train_file", str(path))
+    assert "the training data holds no text (every text value is empty or null)" in message
