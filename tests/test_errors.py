@@ -142,7 +142,10 @@ def test_malformed_json(capsys, quick, tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "ok"}\n{"text": broken\n')
     message = train_error(capsys, *quick, "--train_file", str(path))
-    assert f"{path} line 2 is not valid JSON (Expecting value): fix or remove the line" in message
+    assert (
+        f"{path} line 2 is not valid JSON (Expecting value at byte 10 of the line): fix or remove"
+        in message
+    )
     path = tmp_path / "bad.json"  # one JSON document: no line to name
     path.write_text('[{"text": "ok"}, {"text": broken]\n')
     message = train_error(capsys, *quick, "--train_file", str(path))

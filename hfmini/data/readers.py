@@ -215,7 +215,9 @@ def first_bad_json_line(path: str) -> tuple[int, str] | None:
             try:
                 value = json.loads(line)
             except ValueError as err:
-                return number, str(err).split(":")[0]
+                column = getattr(err, "colno", None)
+                where = f" at byte {column} of the line" if column else ""
+                return number, f"{getattr(err, 'msg', str(err))}{where}"
             if not isinstance(value, dict):
                 return number, f"a JSON {type(value).__name__}, not an object with fields"
     return None
