@@ -38,7 +38,7 @@ def seen(monkeypatch):
 @pytest.mark.parametrize("length", [0, 5, CHUNK_CHARS, 3 * CHUNK_CHARS + 17])
 def test_split_document_is_lossless(length):
     text = ("line of verse\n" * (length // 14 + 1) + "x" * CHUNK_CHARS)[:length]
-    pieces = split_document(text)
+    pieces = split_document(text, CHUNK_CHARS)
     assert "".join(pieces) == text
     assert all(len(p) <= CHUNK_CHARS for p in pieces)
 
@@ -49,6 +49,18 @@ def test_split_before_blank_lines_keeps_the_tokenization():
     text = ("ROMEO:\nSoft, what light " * 3 + "breaks?\n\n") * 100
     pieces = split_document(text, max_chars=1000)
     assert len(pieces) > 5 and all(p.startswith("\n\n") for p in pieces[1:])
+    tokenizer = train_tokenizer(iter([text]), 300, 64)
+    whole = tokenizer(text, add_special_tokens=False)["input_ids"]
+    parts = [i for p in pieces for i in tokenizer(p, add_special_tokens=False)["input_ids"]]
+    assert parts == whole
+
+
+def test_one_long_line_is_cut_before_spaces_and_keeps_the_tokenization():
+    from hfmini.models.tokenizer import train_tokenizer
+
+    text = "Soft, what  light through yonder window 42 breaks? " * 200  # no line break at all
+    pieces = split_document(text, max_chars=1000)
+    assert len(pieces) > 5 and all(p.startswith(" ") for p in pieces[1:])
     tokenizer = train_tokenizer(iter([text]), 300, 64)
     whole = tokenizer(text, add_special_tokens=False)["input_ids"]
     parts = [i for p in pieces for i in tokenizer(p, add_special_tokens=False)["input_ids"]]
@@ -82,6 +94,35 @@ def test_local_text_files_documents_and_eos(tmp_path, seen):
     assert data.train_tokens.tolist() == expected[:n]
     assert data.dropped_train_tokens == len(expected) - n
     assert tokenizer.decode(data.eval_tokens.tolist()) == val.read_text() + "<|endoftext|>"
+
+
+def test_a_big_text_file_is_read_in_pieces_that_join_into_one_document(tmp_path, monkeypatch):
+    """A .txt file is one document read in bounded pieces: no row is longer than a piece, only
+    the last piece ends the document, and the tokens are the whole file's followed by one EOS,
+    in the prepared path and in the stream alike."""
+    from hfmini.data import readers
+    from hfmini.data.streaming import take_tokens
+
+    monkeypatch.setattr(readers, "TEXT_PIECE_CHARS", 1000)
+    a = write_lines(tmp_path / "train" / "a.txt", 2000, seed=1)
+    b = write_lines(tmp_path / "train" / "b.txt", 40, seed=2)
+    # CRLF and a BOM read as datasets' text builder reads them (universal newlines, BOM kept).
+    b.write_bytes(b"\xef\xbb\xbf" + b.read_bytes().replace(b"\n", b"\r\n"))
+    rows = readers.text_documents([str(a), str(b)])
+    assert rows.num_rows > 20 and max(len(t) for t in rows["text"]) <= 1000
+    assert "".join(rows["text"]) == a.read_text() + b.read_text()
+    assert rows[readers.DOC_END].count(True) == 2 and rows[readers.DOC_END][-1]
+    args = DataArguments(train_file=[str(tmp_path / "train")], block_size=32)
+    data, tokenizer = prepare(args)
+    expected = []
+    for path in (a, b):
+        expected += tokenizer(path.read_text(), add_special_tokens=False)["input_ids"]
+        expected.append(tokenizer.eos_token_id)
+    got = torch.cat([data.train_tokens, data.eval_tokens]).tolist()
+    assert got == expected[: len(data.train_tokens)] + expected[-len(data.eval_tokens) :]
+    stream = readers.text_documents([str(a), str(b)], streaming=True)
+    streamed, read = take_tokens(stream, tokenizer, "text", len(expected) + 10)
+    assert streamed.tolist() == expected and read == rows.num_rows
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
@@ -243,3 +284,55 @@ def test_every_kind_of_training_data_has_the_whole_interface():
 
     for validation_set in (TokenValidation, ExampleValidation):
         assert members(ValidationSet) <= set(vars(validation_set))
+
+
+def llama_style_tokenizer(folder) -> str:
+    """A tiny local tokenizer whose post-processor puts <s> before every text, as Llama's does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    backend.train_from_iterator(["thou art the king, good night sweet prince"] * 50, trainer)
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_documents_and_text_prompts_start_with_the_bos_a_llama_style_tokenizer_adds(tmp_path):
+    """A tokenizer that adds BOS when it encodes a text gets it once per document (not per
+    piece or chunk) and before a text prompt; GPT-2-style tokenizers add none (token counts of
+    the other tests)."""
+    from hfmini.data.tokens import bos_ids
+
+    name = llama_style_tokenizer(tmp_path / "tok")
+    model = ModelArguments(tokenizer_name=name)
+    a = write_lines(tmp_path / "train" / "a.txt", 300, seed=1)
+    write_lines(tmp_path / "train" / "b.txt", 300, seed=2)
+    args = DataArguments(train_file=[str(tmp_path / "train")], block_size=32)
+    data, tokenizer = prepare_data(Config(args, model, TrainArguments()))
+    bos = tokenizer.bos_token_id
+    assert bos_ids(tokenizer) == [bos]
+    tokens = torch.cat([data.train_tokens, data.eval_tokens])
+    assert data.train_tokens[0] == bos and int((tokens == bos).sum()) == 2
+    first = tokenizer(a.read_text())["input_ids"]  # as the tokenizer encodes it for its model
+    assert data.train_tokens[: len(first)].tolist() == first
+    rows = [{"prompt": f"question {i}\n", "completion": f"answer {i}"} for i in range(40)]
+    path = tmp_path / "pc.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = DataArguments(train_file=[str(path)], block_size=32)
+    data, tokenizer = prepare_data(Config(args, model, TrainArguments()))
+    example = data.train_sequences[0]
+    assert example["input_ids"][0] == bos and example["labels"][0] == -100
+    assert int((example["input_ids"] == bos).sum()) == 1

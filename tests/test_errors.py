@@ -141,9 +141,15 @@ def test_text_column_not_in_data(capsys, quick, tmp_path):
 def test_malformed_json(capsys, quick, tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "ok"}\n{"text": broken\n')
-    assert "check that the files are valid json" in train_error(
-        capsys, *quick, "--train_file", str(path)
+    message = train_error(capsys, *quick, "--train_file", str(path))
+    assert (
+        f"{path} line 2 is not valid JSON (Expecting value at byte 10 of the line): fix or remove"
+        in message
     )
+    path = tmp_path / "bad.json"  # one JSON document: no line to name
+    path.write_text('[{"text": "ok"}, {"text": broken]\n')
+    message = train_error(capsys, *quick, "--train_file", str(path))
+    assert "check that the files are valid json" in message
 
 
 def test_invalid_utf8_is_replaced_and_counted(tmp_path, caplog):
@@ -418,7 +424,8 @@ def test_text_that_is_not_a_string_with_several_files(capsys, quick, tmp_path):
     mixed = _jsonl(tmp_path / "a.jsonl", ["fine", "also fine", {"nested": 1}] + ["more"] * 100)
     clean = _jsonl(tmp_path / "b.jsonl", [f"line {i} of some text" for i in range(100)])
     message = train_error(capsys, *quick, "--train_file", str(mixed), str(clean))
-    expected = f"train_file {mixed} row 3: text_column 'text' holds an object ({{\"nested\": 1}})"
+    # Read one by one (issue 27): the mixed file is named against the clean one.
+    expected = f"{mixed} row 3: column 'text' holds {{\"nested\": 1}}, not text as in {clean}"
     assert expected in message
 
 
@@ -619,3 +626,59 @@ def test_resume_with_a_damaged_rng_state_says_so(capsys, finished_run, tmp_path,
     ]
     assert warnings and str(rng) in warnings[0].message
     assert "will not repeat an uninterrupted run exactly" in warnings[0].message
+
+
+# --- issue 27: data edges ----------------------------------------------------------------------
+
+
+def _bad_utf8_jsonl(path: Path) -> Path:
+    lines = [json.dumps({"text": f"line {i} of some text here"}).encode() for i in range(50)]
+    lines[6] = b'{"text": "caf\xe9 au lait"}'
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def test_invalid_utf8_in_json_lines_names_file_and_line(capsys, quick, finished_run, tmp_path):
+    path = _bad_utf8_jsonl(tmp_path / "latin1.jsonl")
+    expected = f"{path} line 7 is not valid UTF-8 (byte 14 of the line): re-encode the file"
+    for streaming in ("false", "true"):
+        argv = ("--train_file", str(path), "--streaming", streaming, "--max_steps", "2")
+        assert expected in train_error(capsys, *quick, *argv, "--overwrite_output_dir", "true")
+    message = cli_error(capsys, "eval", str(finished_run), "--validation_file", str(path))
+    assert expected in message
+
+
+def test_a_number_in_a_later_json_file_is_not_turned_into_text(capsys, quick, tmp_path):
+    first = _jsonl(tmp_path / "a.jsonl", [f"line {i} of some text" for i in range(100)])
+    later = _jsonl(tmp_path / "b.jsonl", ["fine", "also fine", 42.5, "more"])
+    message = train_error(capsys, *quick, "--train_file", str(first), str(later))
+    assert f"{later} row 3: column 'text' holds 42.5, not text as in {first}" in message
+
+
+def test_streamed_edges_are_one_line(capsys, quick, tmp_path):
+    from hfmini.data.readers import text_documents
+    from hfmini.data.streaming import take_tokens
+
+    train = _jsonl(tmp_path / "t.jsonl", [f"line {i} of some text here" for i in range(100)])
+    other = tmp_path / "v.jsonl"
+    other.write_text("".join(json.dumps({"body": f"v {i}"}) + "\n" for i in range(20)))
+    stream = ("--streaming", "true", "--max_steps", "2", "--train_file", str(train))
+    message = train_error(capsys, *quick, *stream, "--validation_file", str(other))
+    assert "text_column 'text' is not in the streamed validation data; its columns are body" in (
+        message
+    )
+    numbers = _jsonl(tmp_path / "n.jsonl", ["one", 2] + [f"line {i} of text" for i in range(60)])
+    message = train_error(capsys, *quick, *stream[:-1], str(numbers))
+    assert "a streamed row's text_column 'text' holds int 2, not text" in message
+    # A streamed file that vanishes after the stream is opened (mid-run, or before a resume).
+    gone = write_lines(tmp_path / "gone.txt", 50)
+    documents = text_documents([str(gone)], streaming=True)
+    gone.unlink()
+    with pytest.raises(HfminiError, match=f"a streamed file {gone} can no longer be read"):
+        take_tokens(documents, None, "text", 10)
+
+
+def test_training_data_whose_every_text_is_empty_says_so(capsys, quick, tmp_path):
+    path = _jsonl(tmp_path / "empty.jsonl", ["", None, ""] * 20)
+    message = train_error(capsys, *quick, "--train_file", str(path))
+    assert "the training data holds no text (every text value is empty or null)" in message

@@ -19,6 +19,7 @@ from conftest import tiny_run_args, train_error
 from hfmini.config import parse_config
 from hfmini.data.packing import IGNORE_INDEX, pack_examples, pad_sequences
 from hfmini.data.sft import data_format
+from hfmini.errors import HfminiError
 from hfmini.models.chat_template import DEFAULT_CHAT_TEMPLATE, apply_template, end_of_turn_token
 from hfmini.training.objectives import model_inputs, next_token_loss
 from hfmini.training.trainer import run_training
@@ -550,3 +551,60 @@ def test_resume_on_conversations_is_exact(tiny_base, tmp_path):
     )
     a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+# --- issue 27: hostile rows and templates are one line --------------------------------------
+
+
+def test_conversations_whose_assistant_turns_are_all_empty_are_refused(capsys, tmp_path):
+    rows = conversation_rows(10)
+    rows[2] = {
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]
+    }
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    message = train_error(capsys, "--train_file", str(path), "--output_dir", str(tmp_path / "o"))
+    assert message == (
+        f"error: train_file {path} row 3: every assistant message is empty, so nothing to learn: "
+        "fix or remove the row"
+    )
+
+
+def test_a_file_mixing_prompt_completion_and_messages_names_the_mix(capsys, tmp_path):
+    rows = conversation_rows(10)
+    rows.insert(4, {"prompt": "a question\n", "completion": "an answer"})
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    message = train_error(capsys, "--train_file", str(path), "--output_dir", str(tmp_path / "o"))
+    assert f"train_file {path} row 5: this row is prompt-completion but the data also has " in (
+        message
+    )
+    assert "'messages' rows: use one format" in message and "empty" not in message
+
+
+def test_a_chat_template_that_raises_or_does_not_parse_is_one_line(capsys, tmp_path):
+    from hfmini.models.tokenizer import train_tokenizer
+
+    refuses_system = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('system messages are not supported') }}{% endif %}"
+        "{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+    )
+    path = write_jsonl(tmp_path / "c.jsonl", conversation_rows(10))
+    out = str(tmp_path / "o")
+    argv = ("--train_file", str(path), "--chat_template", refuses_system, "--output_dir", out)
+    message = train_error(capsys, *argv)
+    assert "the chat template fails on a conversation of roles (system, user, assistant" in message
+    assert "system messages are not supported: fix chat_template" in message
+    # A model's own template that is not valid Jinja (the option's own is checked in config).
+    tokenizer = train_tokenizer(iter(["some text to learn"]), 300, 64)
+    tokenizer.chat_template = "{% for m in messages %}{{ m.content }"
+    with pytest.raises(HfminiError, match="the chat template from the model's own is not valid"):
+        apply_template(tokenizer, None)
+
+
+def test_a_model_folder_without_a_tokenizer_says_so(tmp_path):
+    from hfmini.models.tokenizer import get_tokenizer
+
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(HfminiError, match=f"{tmp_path} has no tokenizer .*copy the tokenizer"):
+        get_tokenizer(str(tmp_path))

@@ -88,7 +88,7 @@ def test_token_files_are_memory_mapped_and_read_again(tmp_path):
 def test_the_tokenizer_trains_on_a_bounded_sample(tmp_path, caplog):
     from hfmini.data.prepare import prepare_data
 
-    caplog.set_level(logging.INFO, logger="hfmini.data.prepare")
+    caplog.set_level(logging.INFO, logger="hfmini.data")
     train = write_lines(tmp_path / "t.txt", 3000)
     args = tiny_run_args(tmp_path / "o", 1, "--train_file", str(train), "--vocab_size", "300")
     prepare_data(parse_config([*args, "--tokenizer_train_bytes", "20000"]))
@@ -157,7 +157,7 @@ def test_streaming_trains_and_resumes_exactly(tmp_path, small_stream, caplog, ca
 def test_streaming_without_a_validation_split_holds_out_the_first_documents(tmp_path, caplog):
     from hfmini.data.prepare import prepare_data
 
-    caplog.set_level(logging.INFO, logger="hfmini.data.prepare")
+    caplog.set_level(logging.INFO, logger="hfmini.data")
     train = documents(tmp_path / "train.jsonl", 200)
     args = tiny_run_args(
         tmp_path / "o",
@@ -175,6 +175,30 @@ def test_streaming_without_a_validation_split_holds_out_the_first_documents(tmp_
     assert "validation: the stream's first" in caplog.text
     block = next(iter(data.stream))["input_ids"]
     assert block.shape == (32,)
+
+
+def test_streaming_holds_out_a_bounded_share_of_the_documents(tmp_path, caplog, capsys):
+    """Without a validation file the held-out documents are only those the validation tokens
+    need, at most validation_split_percentage % of the stream (fewer validation tokens, with a
+    warning, when the stream is short); a stream too short for one block is one line."""
+    from hfmini.data.prepare import prepare_data
+
+    caplog.set_level(logging.INFO, logger="hfmini.data")
+    train = documents(tmp_path / "train.jsonl", 70)
+    args = tiny_run_args(tmp_path / "o", 2, "--train_file", str(train), *STREAM)
+    data, _ = prepare_data(parse_config([*args, "--max_eval_samples", "2"]))
+    assert data.eval_tokens.numel() == 2 * 32
+    held = [r.getMessage() for r in caplog.records if "the stream's first" in r.getMessage()]
+    assert held and int(held[-1].split("first ")[1].split()[0]) <= 2
+    data, _ = prepare_data(parse_config([*args, "--max_eval_samples", "200"]))
+    assert "from the first 4 of the stream's 70 documents" in caplog.text  # 5%, rounded
+    assert 32 <= data.eval_tokens.numel() < 200 * 32
+    one = documents(tmp_path / "one.jsonl", 1)
+    message = train_error(
+        capsys, *tiny_run_args(tmp_path / "p", 2, "--train_file", str(one), *STREAM)
+    )
+    assert "holds 1 document(s), too few to hold out 5% for validation" in message
+    assert "set validation_file" in message
 
 
 def test_streaming_reads_text_files_a_document_each(tmp_path):

@@ -1,12 +1,14 @@
 """`python -m hfmini.bench.corpus`: training on a corpus larger than the memory a run may use.
 
     python -m hfmini.bench.corpus [--gigabytes 2] [--small_megabytes 100] [--memory_limit_gb 1]
+                                  [--single_file]
 
 1. Writes two corpora of JSON lines files (100 MB each, the last one shorter; a row is a
    document of 50 paragraphs): the built-in plays' paragraphs, reshuffled with a seeded
    generator for every copy, to --gigabytes and to --small_megabytes (a corpus that fits in
-   memory). JSON lines, as large corpora come (or Parquet): a .txt file is one document, which
-   `datasets`' text builder reads whole, and whose memory grows with the files.
+   memory). JSON lines, as large corpora come (or Parquet). --single_file: each corpus is one
+   .txt file instead, one document that is read in pieces of about 1 MB (readers.text_pieces),
+   so memory should not grow with the file either.
 2. Runs hfmini's training (`hfmini.training.trainer.run_training`) on each in its own process, a micro GPT-2 for --steps steps, with
    preprocessing_num_workers set to every core. The big run is confined by a cgroup memory limit
    of --memory_limit_gb when the machine lets one be made (Linux, root, cgroup v1 or v2); else it
@@ -36,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hfmini.bench.__main__ import _machine
+from hfmini.bench.report import machine as _machine
 from hfmini.config import parse_config
 from hfmini.data.prepare import prepare_data
 from hfmini.data.shakespeare import load_plays
@@ -48,9 +50,10 @@ DOCUMENT_PARAGRAPHS = 50  # a row (a document) of the JSON lines: about 10 KB
 REPO = Path(__file__).resolve().parent.parent
 
 
-def write_corpus(folder: Path, total_bytes: int, seed: int = 0) -> int:
+def write_corpus(folder: Path, total_bytes: int, seed: int = 0, single_text: bool = False) -> int:
     """JSON lines of reshuffled play paragraphs, `total_bytes` of text in all (within one
-    paragraph); returns the text's bytes."""
+    paragraph); returns the text's bytes. `single_text`: one .txt file instead (one document),
+    written 100 MB at a time."""
     import numpy as np
 
     plays = [text for split in load_plays().values() for text in split.values()]
@@ -67,6 +70,11 @@ def write_corpus(folder: Path, total_bytes: int, seed: int = 0) -> int:
                 length += len(paragraphs[i]) + 2
                 if length >= size:
                     break
+        if single_text:
+            with (folder / "corpus.txt").open("a", encoding="utf-8") as handle:
+                handle.write("\n\n".join(parts) + "\n\n")
+            written += length
+            continue
         rows = [
             json.dumps({"text": "\n\n".join(parts[i : i + DOCUMENT_PARAGRAPHS])})
             for i in range(0, len(parts), DOCUMENT_PARAGRAPHS)
@@ -204,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--processes", type=int, default=2, help="then the big run again under torchrun"
     )
+    parser.add_argument(
+        "--single_file",
+        action="store_true",
+        help="each corpus as one .txt file (one document, read in pieces) instead of JSON lines",
+    )
     parser.add_argument("--output", default="output/bench_corpus.json")
     parser.add_argument("--work_dir", default=None, help="default: a temporary folder")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: the measured process
@@ -216,10 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["HF_DATASETS_CACHE"] = str(work / "datasets")  # cold, and removed at the end
     os.environ["HF_HOME"] = str(work / "hf")
     report = {"machine": _machine(), "memory_limit_bytes": int(args.memory_limit_gb * 2**30)}
+    report["corpus"] = "one .txt file" if args.single_file else "JSON lines files of 100 MB"
     try:
         for name, size in (("small", args.small_megabytes * 1e6), ("big", args.gigabytes * 1e9)):
             corpus = work / f"{name}-corpus"
-            text_bytes = write_corpus(corpus, int(size))
+            text_bytes = write_corpus(corpus, int(size), single_text=args.single_file)
             cgroup = _memory_cgroup(report["memory_limit_bytes"]) if name == "big" else None
             try:
                 run = run_training(corpus, work / f"{name}-run", args.steps, cgroup)

@@ -199,6 +199,8 @@ def prepare_stream(config, resume_path=None) -> tuple[StreamingData, object]:
     column, block = data_args.text_column, data_args.block_size
     train, validation = open_streams(data_args)
     check_stream_columns(train, column)
+    if validation is not None:
+        check_stream_columns(validation, column, "validation")
     source = data_args.dataset_name or repr(sorted(data_args.train_file or []))
     budget = config.model.tokenizer_train_bytes
     texts, total = [], 0
@@ -274,4 +276,6 @@ def stream_eval_tokens(data_args, tokenizer) -> torch.Tensor:
     """`hfmini eval` of a streamed run: the same validation tokens its training scored."""
     train, validation = open_streams(data_args)
     check_stream_columns(train, data_args.text_column)
+    if validation is not None:
+        check_stream_columns(validation, data_args.text_column, "validation")
     return validation_tokens(data_args, tokenizer, train, validation)[0]

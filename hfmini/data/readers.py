@@ -20,7 +20,50 @@ logger = logging.getLogger("hfmini.data")
 # The `datasets` builders that yield rows of text; other builders (images, audio...) do not.
 TEXT_BUILDERS = ("text", "json", "csv", "parquet", "arrow")
 
-TEXT_FILES_PER_WRITE = 8
+# A .txt file is one document, read in pieces of at most this many characters cut where
+# split_document cuts (before a blank line, else before a line break): a row never holds more
+# than about 1 MB however large the file, and the pieces' tokens join exactly as the whole
+# file's would (no end-of-text between pieces of one file). A line longer than this is cut before
+# a space; only a run without spaces this long is cut inside, which can change its tokenization
+# at that one point.
+TEXT_PIECE_CHARS = 1 << 20
+# The columns marking a .txt file's first piece (a BOS precedes it, for tokenizers that add one)
+# and its last (the document's end-of-text follows it).
+DOC_START = "hfmini_doc_start"
+DOC_END = "hfmini_doc_end"
+# Pieces the Arrow writer holds before it writes: a few MB.
+TEXT_PIECES_PER_WRITE = 8
+
+
+def _boundary_before(text: str, separator: str, start: int, end: int) -> int:
+    """The last index in (start, end) where `separator` begins right after a non-space character,
+    or -1. Byte-level BPE pre-tokens never join a non-space character to the whitespace after it,
+    so cutting there leaves the tokenization of both sides unchanged."""
+    cut = text.rfind(separator, start + 1, end)
+    while cut > start and text[cut - 1].isspace():
+        cut = text.rfind(separator, start + 1, cut)
+    return cut
+
+
+def split_document(text: str, max_chars: int) -> list[str]:
+    """Cut text into pieces of at most max_chars whose concatenation is the text: before a blank
+    line where possible (tokenization unchanged), else before a line break, else (one long line)
+    before a space, else a hard cut."""
+    pieces = []
+    start = 0
+    while len(text) - start > max_chars:
+        end = start + max_chars
+        cut = _boundary_before(text, "\n\n", start, end)
+        if cut <= start:
+            cut = _boundary_before(text, "\n", start, end)
+        if cut <= start:
+            cut = _boundary_before(text, " ", start, end)
+        if cut <= start:
+            cut = end
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
 
 
 def _compression(path: Path) -> str | None:
@@ -124,11 +167,81 @@ def count_invalid_utf8(path: str, block: int = 1 << 20) -> int:
     return bad
 
 
+def first_invalid_utf8(path: str, block: int = 1 << 20) -> tuple[int, int] | None:
+    """(line, byte in that line), both from 1, of the first bytes of `path` (decompressed) that are
+    not valid UTF-8, or None. Streams the file once; only run on files known to hold some."""
+    import codecs
+
+    import fsspec
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines, line_start, offset = 1, 0, 0
+    with fsspec.open(path, "rb", compression=_compression(Path(path))) as handle:
+        while chunk := handle.read(block):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                # The decoder may hold up to 3 bytes of the previous chunk: clamp to this one.
+                at = max(0, err.start - len(err.object) + len(chunk))
+                before = chunk[:at]
+                newline = before.rfind(b"\n")
+                if newline >= 0:
+                    line_start = offset + newline + 1
+                return lines + before.count(b"\n"), offset + at - line_start + 1
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                line_start = offset + newline + 1
+            lines += chunk.count(b"\n")
+            offset += len(chunk)
+    return None
+
+
+def first_bad_json_line(path: str) -> tuple[int, str] | None:
+    """(line, reason) of the first line of a JSON lines file that is not a JSON object, or None
+    (also for a .json file that is one document). A Python pass: only on the error path."""
+    import json
+
+    import fsspec
+
+    name = Path(path).name
+    if _compression(Path(path)):
+        name = name[: -len(Path(path).suffix)]  # a.jsonl.gz is a JSON lines file
+    if Path(name).suffix.lower() not in (".jsonl", ".ndjson"):
+        return None
+    with fsspec.open(path, "rt", compression=_compression(Path(path)), encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as err:
+                column = getattr(err, "colno", None)
+                where = f" at byte {column} of the line" if column else ""
+                return number, f"{getattr(err, 'msg', str(err))}{where}"
+            if not isinstance(value, dict):
+                return number, f"a JSON {type(value).__name__}, not an object with fields"
+    return None
+
+
+def invalid_utf8_error(path: str) -> HfminiError:
+    """A JSON file is refused at its first invalid byte: pyarrow's JSON reader cannot replace
+    them, and a guess at the encoding would change the text silently."""
+    found = first_invalid_utf8(path) or (0, 0)
+    return HfminiError(
+        f"{path} line {found[0]} is not valid UTF-8 (byte {found[1]} of the line): re-encode the "
+        "file as UTF-8 (e.g. iconv -f latin1 -t utf-8) or fix that line"
+    )
+
+
 def _warn_invalid_utf8(files: list[str]) -> None:
-    """Invalid bytes are replaced by U+FFFD (never a crash); say so once, with the count."""
+    """Invalid bytes are replaced by U+FFFD (never a crash); say so once, with the count. JSON
+    files are refused instead, naming the line (invalid_utf8_error)."""
     binary = ("parquet", "arrow")  # columnar files store strings already validated
     counts = {f: count_invalid_utf8(f) for f in files if file_format(Path(f))[0] not in binary}
     bad = {f: n for f, n in counts.items() if n}
+    for f in bad:
+        if file_format(Path(f))[0] == "json":
+            raise invalid_utf8_error(f)
     if bad:
         first = next(iter(bad))
         logger.warning(
@@ -158,11 +271,64 @@ def file_reader(path: Path) -> tuple[str, dict]:
     if builder in ("text", "json", "csv"):
         kwargs["encoding_errors"] = "replace"
     if builder == "text":
+        # Only for file_and_row; .txt files are read by text_pieces (text_documents).
         kwargs["sample_by"] = "document"
-        # A row is a whole file here, and the Arrow writer holds writer_batch_size rows before
-        # it writes (datasets' default: 1000 files in memory at once).
-        kwargs["writer_batch_size"] = TEXT_FILES_PER_WRITE
     return builder, kwargs
+
+
+def text_pieces(files: list[str], stamps: list[tuple], piece_chars: int):
+    """Rows {"text": piece, DOC_END: whether it is its file's last} of .txt files (optionally
+    compressed), read piece by piece: memory is one piece, whatever the file's size.
+
+    Decoded as datasets' text builder decodes (UTF-8, bad bytes replaced, universal newlines:
+    CRLF reads as LF), so the text is the same. `stamps` (size, mtime) only key the cache."""
+    import fsspec
+
+    del stamps
+    for file in files:
+        first = True
+        compression = _compression(Path(file))
+        with fsspec.open(
+            file, "rt", compression=compression, encoding="utf-8", errors="replace"
+        ) as f:
+            rest = ""
+            while data := f.read(piece_chars):
+                pieces = split_document(rest + data, piece_chars)
+                for piece in pieces[:-1]:
+                    yield {"text": piece, DOC_START: first, DOC_END: False}
+                    first = False
+                rest = pieces[-1]  # may continue in the next read
+            if rest:
+                yield {"text": rest, DOC_START: first, DOC_END: True}
+
+
+def _text_generator_kwargs(files: list[str]) -> dict:
+    stamps = []
+    for file in files:
+        stat = Path(file).stat()
+        stamps.append((stat.st_size, stat.st_mtime_ns))
+    return {"files": files, "stamps": stamps, "piece_chars": TEXT_PIECE_CHARS}
+
+
+def text_documents(files: list[str], streaming: bool = False):
+    """.txt files → a Dataset (or, streaming, an IterableDataset) of pieces: see text_pieces.
+    Cached by the files' paths, sizes and modification times."""
+    import hashlib
+
+    from datasets import Dataset, Features, IterableDataset, Value
+
+    features = Features({"text": Value("string"), DOC_START: Value("bool"), DOC_END: Value("bool")})
+    gen_kwargs = _text_generator_kwargs(files)
+    if streaming:
+        return IterableDataset.from_generator(text_pieces, features=features, gen_kwargs=gen_kwargs)
+    key = f"{gen_kwargs}-text-pieces-v2"
+    return Dataset.from_generator(
+        text_pieces,
+        features=features,
+        gen_kwargs=gen_kwargs,
+        fingerprint=hashlib.sha256(key.encode()).hexdigest()[:16],
+        writer_batch_size=TEXT_PIECES_PER_WRITE,
+    )
 
 
 def load_local(data_files: dict[str, list[str]]):
@@ -180,10 +346,25 @@ def load_local(data_files: dict[str, list[str]]):
     level = datasets_logger.level
     datasets_logger.setLevel(logging.CRITICAL)
     try:
+        from datasets import DatasetDict
+
+        if builder == "text":
+            return DatasetDict({split: text_documents(f) for split, f in data_files.items()})
+        if builder == "json":
+            return DatasetDict({split: _json_files(f, kwargs) for split, f in data_files.items()})
         return load_dataset(builder, data_files=data_files, **kwargs)
+    except HfminiError:
+        raise
     except Exception as err:  # malformed JSON/CSV/Parquet: name the files, not the internals
         if disk_full(err):
             raise datasets_cache_full("the Arrow copy of the data") from None
+        if builder == "json":
+            for file in all_files:
+                if found := first_bad_json_line(file):
+                    raise HfminiError(
+                        f"{file} line {found[0]} is not valid JSON ({found[1]}): fix or remove "
+                        "the line"
+                    ) from None
         reason = str(err.__cause__ or err).splitlines()[0][:200] if str(err) else type(err).__name__
         files = ", ".join(all_files)[:200]
         raise HfminiError(
@@ -192,6 +373,40 @@ def load_local(data_files: dict[str, list[str]]):
         ) from None
     finally:
         datasets_logger.setLevel(level)
+
+
+def _is_text(feature) -> bool:
+    from datasets import Value
+
+    return isinstance(feature, Value) and feature.dtype in ("string", "large_string", "null")
+
+
+def _json_files(files: list[str], kwargs: dict):
+    """JSON files one by one, then concatenated: read together, datasets types each column from
+    the first file and silently casts a later file's numbers to text ("42"). A column that is
+    text in one file and holds something else in another is one line naming that file and row
+    (a Python scan of that file's column, on this error path only)."""
+    import json
+
+    from datasets import concatenate_datasets, load_dataset
+
+    parts = [load_dataset("json", data_files={"train": [f]}, **kwargs)["train"] for f in files]
+    columns = {c for part in parts for c in part.column_names}
+    for column in sorted(columns):
+        typed = [(f, p) for f, p in zip(files, parts, strict=True) if column in p.column_names]
+        texts = [f for f, p in typed if _is_text(p.features[column])]
+        if not texts or len(texts) == len(typed):
+            continue
+        for file, part in typed:
+            for row, value in enumerate(part[column]):
+                if value is not None and not isinstance(value, str):
+                    shown = json.dumps(value, default=str)
+                    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+                    raise HfminiError(
+                        f"{file} row {row + 1}: column {column!r} holds {shown}, not text as in "
+                        f"{texts[0]}: make every value of the column a string (null skips a row)"
+                    )
+    return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
 def load_hub(name: str, config_name: str | None, streaming: bool = False):

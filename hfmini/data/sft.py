@@ -25,7 +25,7 @@ import hashlib
 from typing import Any
 
 from hfmini.data.readers import file_and_row
-from hfmini.data.tokens import encode_batch, tokenizer_fingerprint
+from hfmini.data.tokens import bos_ids, encode_batch, tokenizer_fingerprint
 from hfmini.errors import HfminiError
 from hfmini.models.chat_template import KNOWN_ROLES, end_of_turn_token
 
@@ -42,6 +42,13 @@ def data_format(columns: list[str], text_column: str) -> str:
             "both (or give a 'messages' column, or a text column)"
         )
     return "prompt_completion" if len(has) == 2 else "language_modeling"
+
+
+def _mixes_formats(row: dict) -> bool:
+    """A row without messages that holds prompt-completion, in a file that also has messages."""
+    return row.get("messages") is None and any(
+        row.get(name) is not None for name in ("prompt", "completion")
+    )
 
 
 def _message_problem(messages: Any, what: str) -> str | None:
@@ -62,11 +69,21 @@ def row_problem(row: dict, fmt: str, answers_only: bool) -> str | None:
     """What is wrong with one row of `fmt`, or None."""
     if fmt == "conversational":
         messages = row["messages"]
+        if _mixes_formats(row):
+            return (
+                "this row is prompt-completion but the data also has 'messages' rows: use one "
+                "format (one file each, trained separately)"
+            )
         if not messages:
             return "the conversation is empty"
         problem = _message_problem(messages, "messages")
-        if problem is None and answers_only and all(m["role"] != "assistant" for m in messages):
+        answers = (
+            [m["content"] for m in messages if m["role"] == "assistant"] if not problem else []
+        )
+        if problem is None and answers_only and not answers:
             problem = "the conversation has no assistant message, so nothing to learn"
+        elif problem is None and answers_only and not any(a.strip() for a in answers):
+            problem = "every assistant message is empty, so nothing to learn"
         return problem
     prompt, completion = row["prompt"], row["completion"]
     if isinstance(prompt, str) and isinstance(completion, str):
@@ -91,6 +108,8 @@ def check_rows(ds, fmt: str, answers_only: bool, where) -> None:
     """The first bad row as a one-line error; `where(row)` names its file and row. One Python
     pass over the rows (the columns that matter only)."""
     columns = ["messages"] if fmt == "conversational" else ["prompt", "completion"]
+    if fmt == "conversational":  # prompt-completion rows mixed in are named, not "empty"
+        columns += [name for name in ("prompt", "completion") if name in ds.column_names]
     batch_size = 1000
     for start, batch in enumerate(ds.select_columns(columns).iter(batch_size=batch_size)):
         for offset in range(len(batch[columns[0]])):
@@ -125,9 +144,20 @@ def _clean(messages: list[dict]) -> list[dict]:
 
 
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    except (TemplateError, TypeError, ValueError, KeyError, AttributeError) as err:
+        # A template's raise_exception(), or a filter or key it uses that this row lacks.
+        roles = ", ".join(str(m.get("role")) for m in messages)
+        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise HfminiError(
+            f"the chat template fails on a conversation of roles ({roles}): {reason}: fix "
+            "chat_template or the rows it refuses"
+        ) from None
 
 
 def _answer_end(text: str, start: int, end: int, end_token: str | None) -> int:
@@ -180,11 +210,17 @@ def render_pieces(row: dict, fmt: str, tokenizer, end_token: str | None) -> list
 def _encode_batch(batch: dict, fmt: str, tokenizer, end_token: str | None) -> dict:
     ids_column, mask_column = [], []
     columns = list(batch)
+    # Text prompts start with the BOS the tokenizer adds for its model (Llama's); a chat
+    # template writes its own.
+    bos = bos_ids(tokenizer)
     for offset in range(len(batch[columns[0]])):
-        pieces = render_pieces({c: batch[c][offset] for c in columns}, fmt, tokenizer, end_token)
+        row = {c: batch[c][offset] for c in columns}
+        pieces = render_pieces(row, fmt, tokenizer, end_token)
         # Each piece alone, as generation sees a prompt: tokens never straddle an answer's edge.
         encodings = encode_batch(tokenizer, [text for text, _ in pieces])
         ids, mask = [], []
+        if fmt == "prompt_completion" and isinstance(row["prompt"], str):
+            ids, mask = list(bos), [False] * len(bos)
         for encoding, (_, is_answer) in zip(encodings, pieces, strict=True):
             ids += encoding.ids
             mask += [is_answer] * len(encoding.ids)
@@ -198,7 +234,7 @@ def tokenize_rows(splits, fmt: str, tokenizer, num_proc: int | None):
     from datasets import DatasetDict, Features, Sequence, Value
 
     end_token = end_of_turn_token(tokenizer)
-    key = f"{tokenizer_fingerprint(tokenizer)}-{tokenizer.chat_template}-{end_token}-{fmt}-sft-v1"
+    key = f"{tokenizer_fingerprint(tokenizer)}-{tokenizer.chat_template}-{end_token}-{fmt}-sft-v2"
     out = {}
     for split, ds in splits.items():
         out[split] = ds.map(

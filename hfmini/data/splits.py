@@ -21,6 +21,11 @@ def hold_out_validation(
     if "validation" in chunks:
         return chunks
     train = chunks["train"]
+    if train.num_rows == 0:
+        raise HfminiError(
+            "the training data holds no text (every text value is empty or null): add text, or "
+            "check that --text_column names the column that holds it"
+        )
     if train.num_rows < 2:
         raise HfminiError(
             f"the training text is too short to hold out {percentage:g}% for validation "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
@@ -26,13 +27,27 @@ from typing import ClassVar
 import torch
 
 from hfmini.data.blocks import TokenValidation
-from hfmini.data.readers import expand_data_files, file_reader, load_hub
+from hfmini.data.readers import (
+    DOC_END,
+    DOC_START,
+    count_invalid_utf8,
+    expand_data_files,
+    file_reader,
+    invalid_utf8_error,
+    load_hub,
+    text_documents,
+)
 from hfmini.data.splits import VALIDATION_SPLIT_NAMES
 from hfmini.data.tokens import tokenize_documents
 from hfmini.data.training_data import TEXT_FORMAT
 from hfmini.errors import HfminiError
 
+logger = logging.getLogger("hfmini.data")
+
 DOCUMENT_BATCH = 64  # documents read and tokenized together (the unit a resume restarts from)
+# ... or fewer once they hold this many characters: 64 pieces of a big .txt file would be 64 MB
+# of text, and their ids as Python ints several times that.
+BATCH_CHARS = 1 << 20
 
 SHUFFLE_BLOCKS = 1024  # blocks in the shuffle buffer: a few MB at context 1024
 
@@ -77,18 +92,23 @@ class BlockStream(torch.utils.data.IterableDataset):
         self.generator.set_state(state["generator"])
 
     def _document_batches(self):
-        """(texts, the documents' state after them), from where the stream stands; at the end
-        of the documents a new pass starts from their beginning."""
+        """((texts, doc_ends, doc_starts), the documents' state after them), from where the
+        stream stands; at
+        the end of the documents a new pass starts from their beginning."""
         while True:
             self.documents.load_state_dict(self.position or self.start)
-            batch, read = [], 0
-            for row in self.documents:
-                batch.append(row[self.text_column])
+            batch, read, chars = ([], [], []), 0, 0
+            for row in readable(self.documents):
+                text = text_of(row, self.text_column)
+                batch[0].append(text)
+                batch[1].append(row.get(DOC_END, True))
+                batch[2].append(row.get(DOC_START, True))
                 read += 1
-                if len(batch) == DOCUMENT_BATCH:
+                chars += len(text or "")
+                if len(batch[0]) == DOCUMENT_BATCH or chars >= BATCH_CHARS:
                     yield batch, copy.deepcopy(self.documents.state_dict())
-                    batch = []
-            if batch:
+                    batch, chars = ([], [], []), 0
+            if batch[0]:
                 yield batch, copy.deepcopy(self.documents.state_dict())
             if read == 0 and self.position is None:
                 raise HfminiError("the training stream holds no documents: check the data source")
@@ -98,8 +118,8 @@ class BlockStream(torch.utils.data.IterableDataset):
     def _fill(self, batches) -> None:
         """Read documents until the shuffle buffer is full."""
         while len(self.buffer) < SHUFFLE_BLOCKS:
-            texts, position = next(batches)
-            self.pending += tokenize_documents(texts, self.tokenizer)
+            (texts, ends, starts), position = next(batches)
+            self.pending += tokenize_documents(texts, self.tokenizer, ends, starts)
             self.position = position
             usable = len(self.pending) - len(self.pending) % self.block_size
             for start in range(0, usable, self.block_size):
@@ -177,6 +197,20 @@ class StreamingData:
         )
 
 
+def readable(documents):
+    """The rows of a stream; a file that disappears or cannot be read any more mid-run is one
+    line, not a traceback (a checkpoint resumes once it is back)."""
+    try:
+        yield from documents
+    except (OSError, UnicodeDecodeError) as err:
+        name = getattr(err, "filename", None) or ""
+        raise HfminiError(
+            f"a streamed file {name} can no longer be read ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:120] if str(err) else ''}): restore it and resume from "
+            "the last checkpoint (--resume_from_checkpoint latest)"
+        ) from None
+
+
 def open_streams(data_args) -> tuple:
     """(train documents, validation documents or None) as datasets IterableDatasets."""
     from datasets import load_dataset
@@ -188,19 +222,32 @@ def open_streams(data_args) -> tuple:
         if data_args.validation_file:
             files["validation"] = expand_data_files(data_args.validation_file, "validation_file")
         builder, kwargs = file_reader(Path(files["train"][0]))
-        kwargs.pop("writer_batch_size", None)  # nothing is written when streaming
-        raw = load_dataset(builder, data_files=files, streaming=True, **kwargs)
+        if builder == "json":
+            # pyarrow's JSON reader fails on a bad byte mid-run; one decoding pass (C, about a
+            # second a GB) names the file and line now instead.
+            for file in (f for split_files in files.values() for f in split_files):
+                if count_invalid_utf8(file):
+                    raise invalid_utf8_error(file)
+        if builder == "text":  # in pieces, as the prepared path reads them
+            raw = {split: text_documents(f, streaming=True) for split, f in files.items()}
+        else:
+            # Each split alone: together, datasets casts the validation rows to the train
+            # columns and fails mid-stream when they differ.
+            raw = {
+                split: load_dataset(builder, data_files={split: f}, streaming=True, **kwargs)[split]
+                for split, f in files.items()
+            }
     else:
         raw = load_hub(data_args.dataset_name, data_args.dataset_config_name, streaming=True)
     validation = next((raw[s] for s in VALIDATION_SPLIT_NAMES if s in raw), None)
     return raw["train"], validation
 
 
-def check_stream_columns(documents, column: str) -> None:
+def check_stream_columns(documents, column: str, what: str = "training") -> None:
     """The first row holds the text column; instruction and chat rows are not streamed yet."""
-    first = next(iter(documents), None)
+    first = next(iter(readable(documents)), None)
     if first is None:
-        raise HfminiError("the training stream holds no documents: check the data source")
+        raise HfminiError(f"the {what} stream holds no documents: check the data source")
     if column in first:
         return
     if "messages" in first or "prompt" in first:
@@ -209,26 +256,37 @@ def check_stream_columns(documents, column: str) -> None:
             "prepared path; drop --streaming"
         )
     raise HfminiError(
-        f"text_column {column!r} is not in the streamed data; its columns are "
-        f"{', '.join(first)}: set --text_column to one of them"
+        f"text_column {column!r} is not in the streamed {'' if what == 'training' else what + ' '}"
+        f"data; its columns are "
+        f"{', '.join(first)}: set --text_column to one of them (in every file)"
+    )
+
+
+def text_of(row: dict, column: str) -> str | None:
+    """A streamed row's text; a number or a list there is one line, not a tokenizer traceback."""
+    value = row[column]
+    if value is None or isinstance(value, str):
+        return value
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    raise HfminiError(
+        f"a streamed row's text_column {column!r} holds {type(value).__name__} {shown}, not "
+        "text: make every text value a string (null skips a row); drop --streaming for the "
+        "file and row"
     )
 
 
 def take_tokens(documents, tokenizer, text_column: str, count: int) -> tuple[torch.Tensor, int]:
-    """The first `count` tokens of a document stream (fewer if it ends) and the documents read."""
+    """The first `count` tokens of a document stream (fewer if it ends) and the documents read:
+    only as many as those tokens need. One document at a time: validation is a few hundred
+    blocks at most, so the per-call cost does not matter here."""
     ids: list[int] = []
     read = 0
-    batch: list[str] = []
-    for row in documents:
-        batch.append(row[text_column])
+    for row in readable(documents):
+        if len(ids) >= count:
+            break
+        end, start = row.get(DOC_END, True), row.get(DOC_START, True)
+        ids += tokenize_documents([text_of(row, text_column)], tokenizer, [end], [start])
         read += 1
-        if len(batch) == DOCUMENT_BATCH:
-            ids += tokenize_documents(batch, tokenizer)
-            batch = []
-            if len(ids) >= count:
-                break
-    if batch and len(ids) < count:
-        ids += tokenize_documents(batch, tokenizer)
     return torch.tensor(ids[:count], dtype=torch.int32), read
 
 
@@ -236,8 +294,8 @@ def tokenizer_texts(documents, text_column: str, budget: int):
     """(the first documents, up to `budget` bytes of them (0: all), their bytes): the sample a
     tokenizer trained from scratch learns from."""
     texts, total = [], 0
-    for row in documents:
-        text = row[text_column] or ""
+    for row in readable(documents):
+        text = text_of(row, text_column) or ""
         texts.append(text)
         total += len(text.encode("utf-8"))
         if budget and total >= budget:
@@ -254,10 +312,50 @@ def validation_tokens(data_args, tokenizer, train, validation) -> tuple[torch.Te
     if validation is not None:
         tokens, _ = take_tokens(validation, tokenizer, column, wanted)
     else:
-        tokens, held_out = take_tokens(train, tokenizer, column, wanted)
+        tokens, held_out = hold_out_tokens(data_args, tokenizer, train, wanted)
     if tokens.numel() < block:
+        fix = "lower block_size or add validation text"
+        if validation is None:
+            fix = (
+                f"(the stream's first {held_out} documents, validation_split_percentage "
+                f"{data_args.validation_split_percentage:g}%): set validation_file, lower "
+                "block_size or add text"
+            )
         raise HfminiError(
             f"the validation stream has {tokens.numel()} tokens, fewer than one block of "
-            f"{block}: lower block_size or add validation text"
+            f"{block} {fix}"
         )
+    return tokens, held_out
+
+
+def hold_out_tokens(data_args, tokenizer, train, wanted: int) -> tuple[torch.Tensor, int]:
+    """(validation tokens, documents held out) from the first documents of the training stream,
+    at most validation_split_percentage % of its documents, as the prepared path holds out at
+    most that share of its chunks (splits.py). Checking the share reads up to (100 / percentage
+    - 1) × as many documents again, untokenized; only a stream shorter than that is counted whole.
+    """
+    percentage = data_args.validation_split_percentage
+    tokens, held_out = take_tokens(train, tokenizer, data_args.text_column, wanted)
+    needed = -(-held_out * (100 - percentage) // percentage)  # documents left for training
+    left = sum(1 for _ in readable(train.skip(held_out).take(int(needed))))
+    if left >= needed:
+        return tokens, held_out
+    total = held_out + left
+    if total < 2:
+        raise HfminiError(
+            f"the training stream holds {total} document(s), too few to hold out "
+            f"{percentage:g}% for validation: set validation_file or add data"
+        )
+    capped = min(total - 1, max(1, round(total * percentage / 100)))
+    tokens, held_out = take_tokens(train.take(capped), tokenizer, data_args.text_column, wanted)
+    logger.warning(
+        "validation: %d tokens from the first %d of the stream's %d documents "
+        "(validation_split_percentage %g%%), fewer than the %d asked: set validation_file to "
+        "score more",
+        tokens.numel(),
+        held_out,
+        total,
+        percentage,
+        wanted,
+    )
     return tokens, held_out

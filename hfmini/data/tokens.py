@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hfmini.data.chunks import split_document
+from hfmini.data.chunks import CHUNK_CHARS, split_document
 from hfmini.data.datasets_cache import datasets_cache_full, map_cache_space
 from hfmini.errors import disk_full
 
@@ -29,6 +29,18 @@ def encode_batch(tokenizer, texts: list[str]) -> list:
     return encode(texts, add_special_tokens=False)
 
 
+def bos_ids(tokenizer) -> list[int]:
+    """The ids a tokenizer puts before every text it encodes for its model (Llama's <s>, Llama
+    3's <|begin_of_text|>, from its post-processor or add_bos_token); [] for GPT-2's. Texts are
+    encoded without special tokens here (pieces must join), so each document gets them once."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return list(full[:start])
+    return []
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     """A hash of the tokenizer's full definition (vocabulary, merges, normalisation, specials)."""
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
@@ -36,11 +48,11 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def _tokenize_batch(batch: dict, tokenizer) -> dict:
     encodings = encode_batch(tokenizer, batch["text"])
-    eos = [tokenizer.eos_token_id]
+    bos, eos = bos_ids(tokenizer), [tokenizer.eos_token_id]
     return {
         "input_ids": [
-            e.ids + eos if end else e.ids
-            for e, end in zip(encodings, batch["doc_end"], strict=True)
+            (bos if start else []) + e.ids + (eos if end else [])
+            for e, start, end in zip(encodings, batch["doc_start"], batch["doc_end"], strict=True)
         ]
     }
 
@@ -61,11 +73,11 @@ def tokenize_chunks(chunks, tokenizer, num_proc: int | None):
                     _tokenize_batch,
                     batched=True,
                     fn_kwargs={"tokenizer": tokenizer},
-                    remove_columns=["text", "doc_end"],
+                    remove_columns=["text", "doc_start", "doc_end"],
                     features=Features({"input_ids": Sequence(Value("int32"))}),
                     num_proc=num_proc,
                     new_fingerprint=hashlib.sha256(
-                        f"{ds._fingerprint}-{tokenizer_hash}-tokenize-v1".encode()
+                        f"{ds._fingerprint}-{tokenizer_hash}-tokenize-v2".encode()
                     ).hexdigest()[:16],
                     desc=f"Tokenizing {split}",
                 )
@@ -74,20 +86,33 @@ def tokenize_chunks(chunks, tokenizer, num_proc: int | None):
         )
 
 
-def tokenize_documents(texts: list[str | None], tokenizer) -> list[int]:
+def tokenize_documents(
+    texts: list[str | None],
+    tokenizer,
+    doc_ends: list[bool] | None = None,
+    doc_starts: list[bool] | None = None,
+) -> list[int]:
     """Token ids of a batch of documents, each followed by EOS (as `tokenize_chunks` does); empty ones
     add nothing. Long documents are cut into chunks first, as in `chunk_documents`, so tokenization is
-    the same as the prepared path's."""
-    pieces, ends = [], []
-    for text in texts:
+    the same as the prepared path's. `doc_ends[i]` False: texts[i] is a piece of a .txt file that
+    the next text continues (no EOS after it); `doc_starts[i]` False: it continues the previous
+    one (no BOS before it, for tokenizers that add one: bos_ids)."""
+    pieces, starts, ends = [], [], []
+    doc_ends = doc_ends or [True] * len(texts)
+    doc_starts = doc_starts or [True] * len(texts)
+    for text, doc_start, doc_end in zip(texts, doc_starts, doc_ends, strict=True):
         if not text:
             continue
-        parts = split_document(text)
+        parts = split_document(text, CHUNK_CHARS)
         pieces += parts
-        ends += [False] * (len(parts) - 1) + [True]
+        starts += [doc_start] + [False] * (len(parts) - 1)
+        ends += [False] * (len(parts) - 1) + [doc_end]
     encodings = encode_batch(tokenizer, pieces)
+    bos = bos_ids(tokenizer) if pieces else []
     ids: list[int] = []
-    for encoding, end in zip(encodings, ends, strict=True):
+    for encoding, start, end in zip(encodings, starts, ends, strict=True):
+        if start:
+            ids += bos
         ids += encoding.ids
         if end:
             ids.append(tokenizer.eos_token_id)

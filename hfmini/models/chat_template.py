@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 
 from hfmini.config.chat_template_option import read_chat_template
+from hfmini.errors import HfminiError
 
 DEFAULT_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -49,8 +50,25 @@ def apply_template(tokenizer, option: str | None) -> str:
     else:
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
         origin = "hfmini's default (<|im_start|> ... <|im_end|>)"
+    check_template_parses(tokenizer.chat_template, origin)
     add_template_tokens(tokenizer)
     return origin
+
+
+def check_template_parses(template: str, origin: str) -> None:
+    """A template that is not valid Jinja is one line now, not a traceback at the first row."""
+    from jinja2 import TemplateError
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    try:
+        _compile_jinja_template(template)
+    except TemplateError as err:
+        line = getattr(err, "lineno", None)
+        where = f" (line {line} of the template)" if line else ""
+        raise HfminiError(
+            f"the chat template from {origin} is not valid Jinja{where}: {err.message or err}: "
+            "fix it, or leave chat_template unset for hfmini's default"
+        ) from None
 
 
 def template_tokens(tokenizer) -> list[str]:

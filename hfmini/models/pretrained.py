@@ -19,6 +19,7 @@ from pathlib import Path
 
 from hfmini.errors import HfminiError
 from hfmini.models.size import context_length
+from hfmini.models.tokenizer import check_has_tokenizer
 from hfmini.run_folder import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -313,6 +314,7 @@ def load_for_inference(model_dir: str | Path):
         source = resolve(str(path))
     else:
         recorded = check_model_folder(path)
+        check_has_tokenizer(str(path))
         source = ModelSource(str(path), str(path), True, AutoConfig.from_pretrained(path))
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)

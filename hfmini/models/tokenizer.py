@@ -63,6 +63,29 @@ def _cache_dir(fingerprint: str, vocab_size: int) -> Path:
     return hfmini_cache_dir() / "tokenizers" / key
 
 
+# What a folder holds when it has a tokenizer transformers can load.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.txt",
+)
+
+
+def check_has_tokenizer(name: str) -> None:
+    """A local model folder without tokenizer files: transformers would build something from
+    config.json alone that reads every text as a token or two."""
+    folder = Path(name)
+    if folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise HfminiError(
+            f"{folder} has no tokenizer (no tokenizer.json or tokenizer_config.json): copy the "
+            "tokenizer files of the model it came from into it, or set --tokenizer_name to a "
+            "folder that has them"
+        )
+
+
 def get_tokenizer(
     tokenizer_name: str | None,
     train_dataset=None,
@@ -75,6 +98,7 @@ def get_tokenizer(
     from transformers import AutoTokenizer
 
     if tokenizer_name is not None:
+        check_has_tokenizer(tokenizer_name)
         try:
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_name, trust_remote_code=False)
         except (OSError, ValueError) as err:
