@@ -65,6 +65,7 @@ def test_a_new_run_starts_from_the_checkpoint_weights_and_optimizer_state(tmp_pa
     assert str(first_run) not in card
 
 
+@pytest.mark.slow
 def test_a_fresh_optimizer_would_count_from_one(tmp_path, first_run):
     """The contrast that makes the check above mean something: --model_name_or_path takes the
     weights alone, and Adam starts again at step 1."""
@@ -117,6 +118,7 @@ def test_an_unfinished_run_is_not_taken_for_a_model(tmp_path, capsys, first_run)
     assert "has not finished" in error and str(first_run / "checkpoints" / "step-2") in error
 
 
+@pytest.mark.slow
 def test_a_continued_run_resumes_strictly(tmp_path, first_run, capsys):
     """The continued run's own checkpoints resume it (with its command repeated, the flag kept);
     the resume still refuses other data."""

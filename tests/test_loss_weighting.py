@@ -67,7 +67,11 @@ def max_difference(a: dict, b: dict) -> float:
 
 @pytest.mark.parametrize(
     "overrides",
-    [("--packing", "false"), ("--packing", "true"), ("messages", "--packing", "false")],
+    [
+        ("--packing", "false"),
+        pytest.param(("--packing", "true"), marks=pytest.mark.slow),
+        pytest.param(("messages", "--packing", "false"), marks=pytest.mark.slow),
+    ],
     ids=["completion-only-padded", "completion-only-packed", "assistant-only-padded"],
 )
 def test_the_split_of_a_step_into_micro_batches_does_not_change_the_weights(tmp_path, overrides):
