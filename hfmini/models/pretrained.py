@@ -23,6 +23,7 @@ from hfmini.run_folder import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     STATE_FILE,
+    TRAINING_CONFIG_FILE,
     list_checkpoints,
     weights_readable,
 )
@@ -39,11 +40,13 @@ class ModelSource:
     is_local: bool
     config: object  # transformers.PretrainedConfig of the (base) model
     adapter: str | None = None  # a LoRA adapter folder to merge into the base
+    recorded_hub_id: str | None = None  # a local folder's Hub id, when it says (recorded_hub_id)
 
     @property
     def hub_id(self) -> str | None:
-        """The Hub id of the weights, for the card's base_model (None for a local folder)."""
-        return None if self.is_local else self.location
+        """The Hub id of the weights, for the card's base_model: a local folder's only when it
+        records one (None: the Hub cannot link to it)."""
+        return self.recorded_hub_id if self.is_local else self.location
 
     @property
     def context(self) -> int | None:
@@ -154,6 +157,23 @@ def _adapter_base(path: Path) -> str:
     return base
 
 
+def recorded_hub_id(folder: Path) -> str | None:
+    """The Hub id a local model folder is known by: a snapshot in the Hugging Face cache
+    (`models--user--name/snapshots/<commit>`), or an hfmini run trained with push_to_hub (its
+    training_config.yaml names hub_model_id). None otherwise."""
+    import yaml
+
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        return folder.parent.parent.name.removeprefix("models--").replace("--", "/")
+    try:
+        settings = yaml.safe_load((folder / TRAINING_CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    if isinstance(settings, dict) and settings.get("push_to_hub") and settings.get("hub_model_id"):
+        return str(settings["hub_model_id"])
+    return None
+
+
 def resolve(name: str) -> ModelSource:
     """Find model `name` (a folder, or a Hub id in the cache or online) and read its config."""
     from transformers import AutoConfig
@@ -166,7 +186,8 @@ def resolve(name: str) -> ModelSource:
             base.name, base.adapter = name, str(path)
             return base
         check_model_folder(path)
-        return ModelSource(name, str(path), True, AutoConfig.from_pretrained(path))
+        config = AutoConfig.from_pretrained(path)
+        return ModelSource(name, str(path), True, config, recorded_hub_id=recorded_hub_id(path))
     if path.exists():
         raise HfminiError(f"model_name_or_path {name} is a file: give the folder that holds it")
     return ModelSource(name, name, False, _hub_config(name))
