@@ -463,3 +463,17 @@ def test_sampling_from_a_lora_model_uses_the_cache_name_of_the_model_it_wraps():
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         assert decode(lora, [1, 2, 3], 8) == expected
+
+
+def test_a_lora_rank_above_the_models_width_is_refused(tiny_base, tmp_path, capsys):
+    """lora_r 100000 on the 64-wide tiny model would add about 200M adapter parameters to a
+    model of 0.14M: refused before any adapter is built, with the bound."""
+    line = train_error(
+        capsys,
+        *finetune_args(tiny_base, tmp_path / "out", 2, "--use_peft", "true", "--lora_r", "100000"),
+    )
+    assert line == (
+        "error: lora_r 100000 is larger than the model's width 64: a rank above the width adds "
+        "adapter parameters but no capacity; set lora_r to at most 64 (e.g. 16)"
+    )
+    assert not (tmp_path / "out").exists()
