@@ -293,3 +293,24 @@ def test_the_lock_needs_no_fcntl(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().isdigit()
     assert not (tmp_path / "out").exists()  # made by the claim, left empty: removed
+
+
+def test_full_disk_while_logging_on_resume_keeps_the_checkpoint(capsys, stopped_run, data_args):
+    """metrics.jsonl on a device that is always full (/dev/full: every write fails with ENOSPC,
+    from the kernel): the resumed run ends in one line naming the file, the folder, the bytes it
+    needed and the checkpoint to resume from, which is untouched."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    before = snapshot(stopped_run / "checkpoints")
+    (stopped_run / "metrics.jsonl").unlink()
+    (stopped_run / "metrics.jsonl").symlink_to("/dev/full")
+    message = train_error(capsys, *data_args(stopped_run, "--resume_from_checkpoint", "latest"))
+    assert message.startswith(
+        f"error: no space left on device for metrics.jsonl in {stopped_run} (needs "
+    )
+    assert message.endswith(
+        "free disk space there, then run the same command with --resume_from_checkpoint latest "
+        "(step-3 is untouched)"
+    )
+    assert snapshot(stopped_run / "checkpoints") == before
+    assert not holds_finished_model(stopped_run)
