@@ -95,6 +95,16 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None)
 
 
+def quiet_libraries() -> None:
+    """transformers' "Loading weights" bar and datasets' "Generating train split", "Tokenizing"
+    bars: they tell the user of a one-line command nothing to act on (their warnings still show)."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    datasets.utils.logging.disable_progress_bar()
+
+
 def cmd_generate(args) -> None:
     # Imported when the command runs: torch and transformers load only then (--help is instant).
     from hfmini.models.sampling import (
@@ -108,6 +118,7 @@ def cmd_generate(args) -> None:
     # before loading anything
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     check_prompt(args.prompt)
+    quiet_libraries()
     model, tokenizer = load_model_and_tokenizer(args.model_dir)
     stream_to_stdout(args.prompt)
     generate_text(
@@ -135,6 +146,7 @@ def cmd_eval(args) -> dict:
     # Imported when the command runs: torch and transformers load only then (--help is instant).
     from hfmini.training.evaluation import evaluate_model
 
+    quiet_libraries()
     metrics = evaluate_model(
         args.model_dir, args.validation_file, args.text_column, args.block_size, args.batch_size
     )

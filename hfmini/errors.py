@@ -45,3 +45,34 @@ def cache_full(what: str, folder: str | Path, variable: str = "HF_HOME") -> Hfmi
         f"no space left on device for {what} in {folder}: free space there or set {variable} to "
         "a folder on a disk with room"
     )
+
+
+def free_bytes(folder: str | Path) -> int | None:
+    """Bytes a user may still write on `folder`'s filesystem (None if it cannot be told)."""
+    try:
+        stats = os.statvfs(folder)
+    except (OSError, AttributeError):  # AttributeError: Windows has no statvfs
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
+def human_bytes(count: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} GB"
+
+
+def no_space(
+    what: str, folder: str | Path, needed: int | None = None, then: str = ""
+) -> HfminiError:
+    """The one line for a full disk: what was being written, where, the room it needed (when
+    known) and what is left there; `then` says what to run once there is room."""
+    free = free_bytes(folder)
+    room = [f"needs {human_bytes(needed)}"] if needed is not None else []
+    room += [f"{human_bytes(free)} free"] if free is not None else []
+    shown = f" ({', '.join(room)})" if room else ""
+    return HfminiError(
+        f"no space left on device for {what} in {folder}{shown}: free disk space there{then}"
+    )

@@ -226,3 +226,45 @@ def test_compilation_happens_before_the_clock_and_leaves_the_run_unchanged(
     a = load_file(tmp_path / "warmed" / "model.safetensors")
     b = load_file(tmp_path / "in_step" / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "kind, warmup", [("linear", "5"), ("cosine", "5"), ("cosine", "0.13"), ("constant", "0")]
+)
+def test_a_budget_that_max_steps_ends_first_keeps_the_step_schedule(kind, warmup):
+    """max_steps 20 and an hour of budget, steps that take no time: the learning rate at every
+    step is transformers' get_scheduler over 20 steps, warmup included (the budget reshapes
+    nothing while max_steps leads)."""
+    from transformers import get_scheduler
+
+    from hfmini.training.schedule import warmup_steps_for
+
+    args = parse_config(["--lr_scheduler_type", kind, "--warmup_steps", warmup]).train
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+    progress, length = Progress(), RunLength(20, 3600.0)
+    scheduler = build_scheduler(optimizer, args, length, progress)
+    reference_optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+    warmup_steps = warmup_steps_for(float(warmup), 20)
+    reference = get_scheduler(kind, reference_optimizer, warmup_steps, num_training_steps=20)
+    assert scheduler.get_last_lr()[0] == pytest.approx(reference.get_last_lr()[0], abs=1e-6)
+    for step in range(1, 21):
+        progress.step, progress.done = step, length.progress(step, seconds=step * 0.01)
+        for each in (optimizer, reference_optimizer):
+            each.step()
+        scheduler.step()
+        reference.step()
+        assert scheduler.get_last_lr()[0] == pytest.approx(reference.get_last_lr()[0], abs=1e-5)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", ".nan", ".inf"])
+def test_a_budget_that_is_not_a_finite_number_is_refused(value, tmp_path):
+    """On the command line and in a YAML recipe (where `nan` is a string, `.nan` a float)."""
+    shown = value.lstrip(".").replace("-1", "-1.0")
+    expected = f"max_train_minutes must be >= 0 and finite \\(0: no time budget\\), got {shown}"
+    if not value.startswith("."):  # YAML's spelling; the command line takes nan, inf
+        with pytest.raises(HfminiError, match=expected):
+            parse_config([f"--max_train_minutes={value}"])
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"max_train_minutes: {value}\n")
+    with pytest.raises(HfminiError, match=expected):
+        parse_config(["--config", str(recipe)])

@@ -61,9 +61,9 @@ def prompts(monkeypatch):
     """The prompt ids of each reply, as decode receives them."""
     seen = []
 
-    def spy(model, ids, *args):
+    def spy(model, ids, *args, **kwargs):
         seen.append(ids)
-        return real(model, ids, *args)
+        return real(model, ids, *args, **kwargs)
 
     real = chat.decode
     monkeypatch.setattr(chat, "decode", spy)
@@ -286,3 +286,44 @@ def test_a_model_without_chat_template_is_a_one_line_error(tmp_path):
         f"error: {folder} has no chat template: fine-tune it on conversations "
         "(prompt/completion or messages data) first, or use `hfmini generate` for plain text"
     ]
+
+
+NOT_UTF8 = "(that line is not valid UTF-8 (byte 0xe9 at position 3): pass UTF-8 text)"
+
+
+def _chat_piped(folder, stdin: bytes, **env: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "hfmini.cli", "chat", str(folder), "--max_new_tokens", "6"]
+    command += ["--temperature", "0"]
+    return subprocess.run(
+        command, cwd=REPO, env={**ENV, **env}, input=stdin, capture_output=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    "env, notice",
+    [
+        # A UTF-8 locale, where Python's stdin decodes strictly, and the C locale's escapes.
+        ({"LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}, NOT_UTF8),
+        ({"PYTHONIOENCODING": "utf-8:surrogateescape"}, NOT_UTF8),
+    ],
+    ids=["strict", "surrogateescape"],
+)
+def test_a_line_that_is_not_utf8_is_a_notice_and_the_chat_goes_on(chat_dir, loaded, env, notice):
+    """Exact output, as a pipe sees it: the banner, the prompt, one reply, the prompt again and
+    the newline of Ctrl-D on stdout; on stderr the notice alone (no "Loading weights" bar, no
+    attention-mask warning, no traceback)."""
+    model, tokenizer = loaded
+    reply = ChatSession(model, tokenizer, max_new_tokens=6, temperature=0).reply("hello")
+    done = _chat_piped(chat_dir, b"caf\xe9\nhello\n", **env)
+    assert done.returncode == 0, done.stderr
+    banner = chat.BANNER.format(chat_dir)
+    assert done.stdout.decode() == f"{banner}\nyou> you> {reply}\nyou> \n"
+    assert done.stderr.decode() == notice + "\n"
+
+
+def test_chat_prints_its_own_lines_only(chat_dir, loaded):
+    model, tokenizer = loaded
+    reply = ChatSession(model, tokenizer, max_new_tokens=6, temperature=0).reply("hello")
+    done = _chat_piped(chat_dir, b"hello\n")
+    assert (done.returncode, done.stderr.decode()) == (0, "")
+    assert done.stdout.decode() == f"{chat.BANNER.format(chat_dir)}\nyou> {reply}\nyou> \n"

@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from conftest import (
     BIN,
     REPO,
     TINY_RECIPE,
+    launch_command,
     reset_accelerate,
     tiny_run_args,
     tmpfs,
@@ -27,7 +29,7 @@ from conftest import (
 from hfmini import cli
 from hfmini.errors import HfminiError
 from hfmini.outputs.checkpoint import resolve_resume_path
-from hfmini.run_folder import list_checkpoints
+from hfmini.run_folder import list_checkpoints, read_metrics
 from hfmini.training import trainer as train_module
 
 
@@ -682,3 +684,71 @@ def test_training_data_whose_every_text_is_empty_says_so(capsys, quick, tmp_path
     path = _jsonl(tmp_path / "empty.jsonl", ["", None, ""] * 20)
     message = train_error(capsys, *quick, "--train_file", str(path))
     assert "the training data holds no text (every text value is empty or null)" in message
+
+
+# The tiny run's folder before its final validation: the lock file (one 4 KB page of tmpfs) and
+# metrics.jsonl (one page); its loss curve is tens of KB.
+def test_full_disk_while_logging_metrics(capsys, small_disk):
+    out = small_disk("4k") / "out"
+    message = train_error(capsys, *tiny_run_args(out, 4, "--logging_steps", "2"))
+    assert message.startswith(f"error: no space left on device for metrics.jsonl in {out} (needs ")
+    assert "bytes free): free disk space there, then run again (no checkpoint was saved)" in (
+        message
+    )
+    assert not (out / "metrics.jsonl").exists() or (out / "metrics.jsonl").read_bytes() == b""
+    assert leftovers(out) == []
+
+
+def test_full_disk_while_drawing_the_loss_curve(capsys, small_disk):
+    out = small_disk("16k") / "out"
+    message = train_error(capsys, *tiny_run_args(out, 4, "--logging_steps", "2"))
+    assert message.startswith(f"error: no space left on device for the loss curve in {out} (")
+    assert "KB free): free disk space there, then run again (no checkpoint was saved)" in message
+    assert "-o path" not in message  # training has no -o: the plot command's advice is not given
+    assert not (out / "loss_curve.png").exists() and leftovers(out) == []
+    assert [row["step"] for row in read_metrics(out) if "train/loss" in row] == [2, 4]
+
+
+def test_full_disk_for_hfmini_plot(capsys, small_disk, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(
+        '{"step": 1, "train/loss": 5.0}\n{"step": 2, "eval/loss": 4.0}\n'
+    )
+    disk = small_disk("4k")
+    (disk / "filler").write_bytes(b"\0" * 4096)  # the disk is full
+    assert cli.main(["plot", str(run), "-o", str(disk / "curves.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"error: no space left on device for the loss curve in {disk} (needs "
+    )
+    assert err[0].endswith("0 bytes free): free disk space there, or choose another -o path")
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+
+def test_hfmini_plot_into_dev_full(capsys, tmp_path):
+    """/dev/full: a device every write to fails with ENOSPC. The plot is written into it (not
+    renamed over it: the device stays a device) and the failure is one line."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "train/loss": 5.0}\n')
+    assert cli.main(["plot", str(run), "-o", "/dev/full"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: no space left on device for the loss curve in /dev (needs ")
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+
+
+@pytest.mark.slow  # tens of seconds: the README's launch command, a process of its own
+def test_full_disk_while_logging_through_the_readme_command(small_disk):
+    out = small_disk("4k") / "out"
+    result = subprocess.run(
+        launch_command(*tiny_run_args(out, 4, "--logging_steps", "2")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: no space left on device for metrics.jsonl in {out} (needs ")

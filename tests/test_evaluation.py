@@ -15,7 +15,7 @@ class UniformModel(torch.nn.Module):
         self.vocab = vocab
         self.dummy = torch.nn.Parameter(torch.zeros(1))
 
-    def forward(self, input_ids, use_cache=None):  # the arguments hfmini passes a causal LM
+    def forward(self, input_ids, attention_mask=None, use_cache=None):  # what hfmini passes
         b, t = input_ids.shape
         return type("Out", (), {"logits": torch.zeros(b, t, self.vocab) + self.dummy})()
 
@@ -49,3 +49,60 @@ def test_max_blocks_limits_the_work():
         UniformModel(8), TokenValidation(tokens, 10), 3, torch.ones(8), max_blocks=2
     )
     assert metrics["eval_tokens"] == 18
+
+
+# --- `hfmini eval` and `hfmini generate` print their own lines only -----------------------
+
+
+def test_eval_and_generate_print_their_own_lines_only(tmp_path):
+    """On a tiny local model: stdout holds the command's output, stderr nothing at all (no
+    "Loading weights" bar, no datasets progress, no attention-mask warning)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO, write_lines
+    from test_chat import ENV, _model_folder
+
+    from hfmini.models.sampling import generate_text, load_model_and_tokenizer
+
+    folder = _model_folder(tmp_path / "model", template=False)
+    text = write_lines(tmp_path / "val.txt", 40)
+
+    def run(*argv):
+        command = [sys.executable, "-m", "hfmini.cli", *argv]
+        done = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout, done.stderr
+
+    out, err = run("eval", str(folder), "--validation_file", str(text))
+    assert err == "" and len(out.splitlines()) == 1 and "bits_per_byte" in json.loads(out)
+    model, tokenizer = load_model_and_tokenizer(folder, device="cpu")
+    expected = generate_text(model, tokenizer, "hello", 8, 0.8, 50, 0.95, seed=0)
+    out, err = run("generate", str(folder), "--prompt", "hello", "--max_new_tokens", "8")
+    assert err == ""
+    out, err = run(
+        "generate", str(folder), "--prompt", "hello", "--max_new_tokens", "8", "--seed", "0"
+    )
+    assert (out, err) == (f"hello{expected}\n", "")
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def test_a_folder_without_tokenizer_is_one_line(tmp_path, capsys):
+    """transformers 5 would build an empty one-token tokenizer there, and eval would then score
+    nothing and generate print nothing, both exiting 0."""
+    from test_chat import _model_folder
+
+    from hfmini.cli import main as cli_main
+
+    folder = _model_folder(tmp_path / "model", template=False)
+    for path in folder.glob("tokenizer*"):
+        path.unlink()
+    capsys.readouterr()  # save_pretrained's own progress bar
+    for command in ("eval", "generate"):
+        assert cli_main([command, str(folder)]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"error: {folder} holds no tokenizer (tokenizer.json or vocab.json): copy the "
+            "tokenizer files of the run the model came from into it, or export the model again"
+        ]

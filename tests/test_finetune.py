@@ -72,7 +72,9 @@ def test_full_fine_tuning_scores_the_start_and_ends_on_x_to_y(tiny_base, tmp_pat
     assert "learning_rate: 5.0e-05" in recorded  # the full fine-tuning default, not 1e-3
     card = ModelCard.load(out / "README.md")
     assert card.data.base_model is None  # a local folder: nothing the Hub could link to
-    assert f"`{tiny_base}` fine-tuned with hfmini (full fine-tuning)" in card.text
+    # Named by its folder's name: the card is published, the user's disk layout is not.
+    assert "`tiny` fine-tuned with hfmini (full fine-tuning)" in card.text
+    assert str(tiny_base.parent) not in card.text and str(out) not in card.text
     assert "Bits per byte of the starting model" in card.text
     from transformers import pipeline
 
@@ -88,6 +90,39 @@ def test_a_hub_id_loads_from_the_cache_and_the_card_names_its_base(tiny_base, tm
     assert card.data.base_model == "hfmini-test/tiny-base"
     assert card.data.base_model_relation == "finetune"
     assert card.data.library_name == "transformers"
+
+
+def test_a_local_base_that_was_pushed_is_named_by_its_hub_id(tiny_base, tmp_path):
+    """A base folder that is an hfmini run trained with push_to_hub records its Hub id in
+    training_config.yaml: the card links that id, and names no local path."""
+    import yaml
+
+    base = tmp_path / "pushed-base"
+    shutil.copytree(tiny_base, base)
+    settings = yaml.safe_load((base / "training_config.yaml").read_text())
+    settings.update(push_to_hub=True, hub_model_id="alice/tiny-base")
+    (base / "training_config.yaml").write_text(yaml.safe_dump(settings))
+    out = tmp_path / "ft"
+    run_training(parse_config(finetune_args(base, out, 2)))
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == "alice/tiny-base"
+    assert "`alice/tiny-base` fine-tuned with hfmini" in card.text
+    assert str(tmp_path) not in card.text
+
+
+def test_shown_names_and_recorded_hub_ids(tmp_path):
+    from hfmini.models.pretrained import recorded_hub_id
+    from hfmini.outputs.card import shown_name
+
+    assert shown_name(str(tmp_path / "runs" / "base")) == "base"
+    assert shown_name("~/runs/base") == "base"
+    assert shown_name("output/base") == "output/base" and shown_name("gpt2") == "gpt2"
+    snapshot = tmp_path / "hub" / "models--alice--tiny" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    assert recorded_hub_id(snapshot) == "alice/tiny"
+    assert recorded_hub_id(tmp_path) is None  # no training_config.yaml
+    (tmp_path / "training_config.yaml").write_text("hub_model_id: alice/x\npush_to_hub: false\n")
+    assert recorded_hub_id(tmp_path) is None  # named but never pushed: no page to link to
 
 
 def test_a_tokenizer_without_pad_gets_eos_as_pad_and_says_so(tiny_base, tmp_path, caplog):
@@ -447,3 +482,17 @@ def test_an_adapter_whose_base_is_gone_names_its_adapter_config(tmp_path, capsys
         str(tmp_path / "out"),
     )
     assert "adapter_config.json's base_model_name_or_path" in error and "/nowhere/base" in error
+
+
+def test_a_lora_rank_above_the_models_width_is_refused(tiny_base, tmp_path, capsys):
+    """lora_r 100000 on the 64-wide tiny model would add about 200M adapter parameters to a
+    model of 0.14M: refused before any adapter is built, with the bound."""
+    line = train_error(
+        capsys,
+        *finetune_args(tiny_base, tmp_path / "out", 2, "--use_peft", "true", "--lora_r", "100000"),
+    )
+    assert line == (
+        "error: lora_r 100000 is larger than the model's width 64: a rank above the width adds "
+        "adapter parameters but no capacity; set lora_r to at most 64 (e.g. 16)"
+    )
+    assert not (tmp_path / "out").exists()

@@ -80,6 +80,41 @@ def test_generate_streams_growing_text_that_ends_as_generate_text(playground, pl
     assert chunks[-1] == PROMPT + expected and expected
 
 
+def test_a_seed_fixes_a_request_whatever_other_requests_draw(playground, plain_dir, chat_dir):
+    """Two users at once: the same seed gives the same text alone and while another request,
+    with another seed or none, samples in between (each request has its own generator)."""
+    import threading
+
+    import torch
+
+    folder, long = str(plain_dir), (40, 1.0, 0, 1.0)
+    alone = list(generate_stream(playground, folder, PROMPT, *long, "7"))[-1]
+    results, start = {}, threading.Barrier(3)
+
+    def request(name, seed):
+        start.wait()
+        results[name] = list(generate_stream(playground, folder, PROMPT, *long, seed))[-1]
+
+    users = [threading.Thread(target=request, args=args) for args in [("a", "7"), ("b", "8")]]
+    users.append(threading.Thread(target=request, args=("c", "")))
+    for user in users:
+        user.start()
+    for user in users:
+        user.join()
+    assert results["a"] == alone and results["b"] != alone
+    # Interleaved by hand, token by token: a seeded request's pieces between another's.
+    first, other = (generate_stream(playground, folder, PROMPT, *long, seed) for seed in ("7", "8"))
+    pieces = [a for a, _ in itertools.zip_longest(first, other) if a is not None]
+    assert pieces[-1] == alone
+    # The chat view too, and torch's process-wide generator is left alone.
+    state = torch.get_rng_state()
+    replies = [
+        list(chat_stream(playground, str(chat_dir), "hello", [], *long, "3"))[-1][0][-1]
+        for _ in range(2)
+    ]
+    assert replies[0] == replies[1] and torch.equal(torch.get_rng_state(), state)
+
+
 @pytest.mark.parametrize(
     ("controls", "message"),
     [

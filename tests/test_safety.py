@@ -274,3 +274,43 @@ def test_the_lock_file_names_the_running_process(tmp_path):
     # Released on leaving: a second claim succeeds.
     with OutputDirLock(tmp_path / "out"):
         pass
+
+
+def test_the_lock_needs_no_fcntl(tmp_path):
+    """Native Windows has no fcntl: with it made unimportable, hfmini still imports and a run's
+    folder is still claimed (filelock picks another mechanism) and released."""
+    script = (
+        "import sys; sys.modules['fcntl'] = None\n"
+        "import warnings; warnings.simplefilter('ignore')\n"
+        "import hfmini, hfmini.training.trainer\n"
+        "from hfmini.outputs.output_dir import OutputDirLock\n"
+        "with OutputDirLock(sys.argv[1]):\n"
+        "    print(open(sys.argv[1] + '/.hfmini.lock').read().strip())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "out")], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().isdigit()
+    assert not (tmp_path / "out").exists()  # made by the claim, left empty: removed
+
+
+def test_full_disk_while_logging_on_resume_keeps_the_checkpoint(capsys, stopped_run, data_args):
+    """metrics.jsonl on a device that is always full (/dev/full: every write fails with ENOSPC,
+    from the kernel): the resumed run ends in one line naming the file, the folder, the bytes it
+    needed and the checkpoint to resume from, which is untouched."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    before = snapshot(stopped_run / "checkpoints")
+    (stopped_run / "metrics.jsonl").unlink()
+    (stopped_run / "metrics.jsonl").symlink_to("/dev/full")
+    message = train_error(capsys, *data_args(stopped_run, "--resume_from_checkpoint", "latest"))
+    assert message.startswith(
+        f"error: no space left on device for metrics.jsonl in {stopped_run} (needs "
+    )
+    assert message.endswith(
+        "free disk space there, then run the same command with --resume_from_checkpoint latest "
+        "(step-3 is untouched)"
+    )
+    assert snapshot(stopped_run / "checkpoints") == before
+    assert not holds_finished_model(stopped_run)

@@ -122,6 +122,27 @@ def test_evaluate_results_saved(tracked_run):
     assert saved["config"]["model_size"] == "nano"
 
 
+def test_results_outside_a_git_repository_say_nothing_on_stderr(tmp_path, monkeypatch, capfd):
+    """evaluate.save ran `git rev-parse` with git's stderr shown ("fatal: not a git repository")
+    and raised where git is missing; hfmini's writer records None quietly in both cases."""
+    from hfmini.outputs.export import save_evaluate_results
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    path = save_evaluate_results(tmp_path, {"bits_per_byte": 2.0}, {"seed": 0})
+    saved = json.loads(path.read_text())
+    assert saved["_git_commit_hash"] is None and saved["config"] == {"seed": 0}
+    monkeypatch.setenv("PATH", str(tmp_path / "no-git-here"))
+    (tmp_path / "again").mkdir()
+    assert (
+        json.loads(save_evaluate_results(tmp_path / "again", {}, {}).read_text())[
+            "_git_commit_hash"
+        ]
+        is None
+    )
+    assert capfd.readouterr().err == ""
+
+
 def test_model_card(tracked_run):
     from huggingface_hub import ModelCard
 
@@ -174,8 +195,36 @@ def test_plot_overlays_runs(tracked_run, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert png_size(target)[0] > 800
+    (tmp_path / "empty").mkdir()
     with pytest.raises(HfminiError, match="no metrics to plot"):
         plot_runs([tmp_path / "empty"], tmp_path / "x.png")
+
+
+def test_plot_leaves_no_folder_out_silently(capsys, tmp_path):
+    """A folder that does not exist, or one without metrics beside runs with some, is named in
+    one line and nothing is drawn (it used to be left out of the plot without a word)."""
+    from hfmini import cli
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "train/loss": 5.0}\n')
+    (tmp_path / "empty").mkdir()
+    for other, expected in [
+        (
+            "nope",
+            f"error: {tmp_path / 'nope'}: no such folder; pass run folders (training "
+            "output_dirs) that exist",
+        ),
+        (
+            "empty",
+            f"error: {tmp_path / 'empty'} holds no metrics.jsonl: pass only run folders "
+            "written by hfmini train (or drop those)",
+        ),
+    ]:
+        target = tmp_path / "x.png"
+        assert cli.main(["plot", str(run), str(tmp_path / other), "-o", str(target)]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [expected]
+        assert not target.exists()
 
 
 def test_wandb_api_key_is_never_written(tmp_path, monkeypatch, capfd):

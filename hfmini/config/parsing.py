@@ -70,8 +70,13 @@ def _values_to_argv(values: dict, where: str) -> list[str]:
         if value is None:
             continue
         items = value if isinstance(value, list) else [value]
-        argv.append(f"--{key}")
-        argv.extend(str(v).lower() if isinstance(v, bool) else str(v) for v in items)
+        texts = [str(v).lower() if isinstance(v, bool) else str(v) for v in items]
+        if len(texts) == 1:
+            # One token, `--key=value`: a value that starts with "-" (-inf, a run_name) is not
+            # taken for a flag by argparse.
+            argv.append(f"--{key}={texts[0]}")
+        else:
+            argv += [f"--{key}", *texts]
     return argv
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hfmini.config.checks import require_positive
+from hfmini.config.checks import require_finite_non_negative, require_positive
 from hfmini.config.defaults import COMPILE_MIN_CPU_MINUTES, COMPILE_MIN_CPU_STEPS, OPTIMIZERS
 from hfmini.errors import HfminiError
 
@@ -170,8 +170,7 @@ class TrainArguments:
         if self.learning_rate is not None:
             require_positive(self, "learning_rate")
         for name in ("warmup_steps", "eval_steps", "save_steps", "weight_decay", "max_grad_norm"):
-            if getattr(self, name) < 0:
-                raise HfminiError(f"{name} must be >= 0, got {getattr(self, name)}")
+            require_finite_non_negative(self, name)
         if not 0.0 <= self.ema_decay < 1.0:
             raise HfminiError(f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
         if self.max_steps == 0 or self.max_steps < -1:
@@ -180,10 +179,7 @@ class TrainArguments:
             )
         if self.optim not in OPTIMIZERS:
             raise HfminiError(f"optim {self.optim!r} is not one of {', '.join(OPTIMIZERS)}")
-        if self.max_train_minutes < 0:
-            raise HfminiError(
-                f"max_train_minutes must be >= 0 (0: no time budget), got {self.max_train_minutes}"
-            )
+        require_finite_non_negative(self, "max_train_minutes", "no time budget")
         if self.max_steps == -1 and not self.num_train_epochs > 0:
             raise HfminiError(f"num_train_epochs must be positive, got {self.num_train_epochs}")
         if self.save_total_limit is not None and self.save_total_limit < 1:

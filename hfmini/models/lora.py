@@ -13,6 +13,7 @@ import logging
 
 import torch
 
+from hfmini.config.checks import check_lora_rank
 from hfmini.errors import HfminiError
 
 logger = logging.getLogger("hfmini")
@@ -58,6 +59,7 @@ def add_lora(
     delta for those rows only; the tied output layer follows)."""
     from peft import LoraConfig, get_peft_model
 
+    check_lora_rank(model_args.lora_r, model.config.hidden_size)
     targets = target_modules_for(model, model_args.lora_target_modules)
     embedding = model.get_input_embeddings()
     embedding_name = next(n for n, m in model.named_modules() if m is embedding).split(".")[-1]

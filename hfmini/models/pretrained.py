@@ -24,6 +24,8 @@ from hfmini.run_folder import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     STATE_FILE,
+    TOKENIZER_FILE,
+    TRAINING_CONFIG_FILE,
     list_checkpoints,
     weights_readable,
 )
@@ -40,11 +42,13 @@ class ModelSource:
     is_local: bool
     config: object  # transformers.PretrainedConfig of the (base) model
     adapter: str | None = None  # a LoRA adapter folder to merge into the base
+    recorded_hub_id: str | None = None  # a local folder's Hub id, when it says (recorded_hub_id)
 
     @property
     def hub_id(self) -> str | None:
-        """The Hub id of the weights, for the card's base_model (None for a local folder)."""
-        return None if self.is_local else self.location
+        """The Hub id of the weights, for the card's base_model: a local folder's only when it
+        records one (None: the Hub cannot link to it)."""
+        return self.recorded_hub_id if self.is_local else self.location
 
     @property
     def context(self) -> int | None:
@@ -156,6 +160,23 @@ def _adapter_base(path: Path) -> str:
     return base
 
 
+def recorded_hub_id(folder: Path) -> str | None:
+    """The Hub id a local model folder is known by: a snapshot in the Hugging Face cache
+    (`models--user--name/snapshots/<commit>`), or an hfmini run trained with push_to_hub (its
+    training_config.yaml names hub_model_id). None otherwise."""
+    import yaml
+
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        return folder.parent.parent.name.removeprefix("models--").replace("--", "/")
+    try:
+        settings = yaml.safe_load((folder / TRAINING_CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    if isinstance(settings, dict) and settings.get("push_to_hub") and settings.get("hub_model_id"):
+        return str(settings["hub_model_id"])
+    return None
+
+
 def resolve(name: str) -> ModelSource:
     """Find model `name` (a folder, or a Hub id in the cache or online) and read its config."""
     from transformers import AutoConfig
@@ -174,7 +195,8 @@ def resolve(name: str) -> ModelSource:
             base.name, base.adapter = name, str(path)
             return base
         check_model_folder(path)
-        return ModelSource(name, str(path), True, AutoConfig.from_pretrained(path))
+        config = AutoConfig.from_pretrained(path)
+        return ModelSource(name, str(path), True, config, recorded_hub_id=recorded_hub_id(path))
     if path.exists():
         raise HfminiError(f"model_name_or_path {name} is a file: give the folder that holds it")
     return ModelSource(name, name, False, _hub_config(name))
@@ -301,6 +323,11 @@ def fit_to_tokenizer(model, tokenizer, model_args) -> list[int]:
     return new_ids
 
 
+# The files a tokenizer's vocabulary can come from: fast (tokenizers), GPT-2's slow pair,
+# sentencepiece.
+TOKENIZER_VOCAB_FILES = (TOKENIZER_FILE, "vocab.json", "tokenizer.model", "spiece.model")
+
+
 def load_for_inference(model_dir: str | Path):
     """(model, tokenizer) of a folder for generation and scoring: an hfmini output_dir, a
     checkpoint, any save_pretrained folder, or a LoRA adapter folder (merged into its base)."""
@@ -316,6 +343,13 @@ def load_for_inference(model_dir: str | Path):
         recorded = check_model_folder(path)
         check_has_tokenizer(str(path))
         source = ModelSource(str(path), str(path), True, AutoConfig.from_pretrained(path))
+    # Without its files transformers 5 builds an empty GPT-2 tokenizer (one token), which
+    # then scores and generates nothing without a word: refused here instead.
+    if not any((path / name).is_file() for name in TOKENIZER_VOCAB_FILES):
+        raise HfminiError(
+            f"{model_dir} holds no tokenizer ({TOKENIZER_FILE} or vocab.json): copy the "
+            "tokenizer files of the run the model came from into it, or export the model again"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError, TypeError, KeyError) as err:

@@ -152,12 +152,14 @@ def decode(
     sample: bool = False,
     eos_token_id: int | Collection[int] | None = None,
     on_token=None,
+    generator: torch.Generator | None = None,
 ) -> list[int]:
     """Up to `steps` new tokens after `ids` (which must fit the context with them): one prefill
     forward over the prompt, then one single-token forward per new token on the KV cache.
 
     Greedy unless `sample`; `warpers` reshape the (1, vocab) logits first. Stops after
     `eos_token_id`, or after any of them when it is a collection (eos and end of turn).
+    `generator`: the random numbers to sample with (None: torch's process-wide ones).
     Cost: O(context) attention per token instead of recomputing the prefix.
     """
     stops = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
@@ -165,17 +167,24 @@ def decode(
     cache_name = _cache_argument(model)
     sequence = torch.tensor([ids], device=device)  # (1, T): what the warpers see
     step_input, cache, new = sequence, None, []
+    # Nothing is padded: an all-ones mask over the past and the new tokens, given so that
+    # transformers does not warn "We strongly recommend passing in an attention_mask".
+    mask = torch.ones_like(sequence)
     for _ in range(steps):
-        output = model(input_ids=step_input, use_cache=True, **{cache_name: cache})
+        output = model(
+            input_ids=step_input, attention_mask=mask, use_cache=True, **{cache_name: cache}
+        )
         cache = output[cache_name]
         scores = output.logits[:, -1, :].float()  # (1, vocab)
         if warpers:
             scores = warpers(sequence, scores)
         if sample:
-            step_input = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)
+            probs = torch.softmax(scores, dim=-1)
+            step_input = torch.multinomial(probs, num_samples=1, generator=generator)
         else:
             step_input = scores.argmax(dim=-1, keepdim=True)  # (1, 1)
         sequence = torch.cat([sequence, step_input], dim=1)
+        mask = torch.ones_like(sequence)  # (1, T + 1): the cache's tokens and the next one
         token = int(step_input)  # host sync: the caller streams and checks EOS per token
         new.append(token)
         if on_token is not None:
@@ -183,6 +192,17 @@ def decode(
         if token in stops:
             break
     return new
+
+
+def seeded_generator(model, seed: int | None) -> torch.Generator | None:
+    """A random-number generator of its own for one sampling call, on the model's device: a seed
+    then fixes that call's text whatever other calls (the playground's other users, a training
+    loop) draw meanwhile, and leaves torch's process-wide generator as it was. On a CPU it draws
+    what torch.manual_seed(seed) would have. None without a seed."""
+    if seed is None:
+        return None
+    device = next(model.parameters()).device
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def generate_text(
@@ -204,10 +224,11 @@ def generate_text(
     """
 
     check_sampling(max_new_tokens, temperature, top_k, top_p)
-    if seed is not None:
-        torch.manual_seed(seed)
+    generator = seeded_generator(model, seed)
     context = context_length(model.config)
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    # verbose=False: not transformers' "longer than the specified maximum sequence length"
+    # warning; the cut below says what happens instead.
+    ids = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"] if prompt else []
     if not chat:
         ids = [tokenizer.bos_token_id] + ids  # GPT-2 style: documents start after <|endoftext|>
     stop = set(stop_token_ids(tokenizer)) if chat else {tokenizer.eos_token_id}
@@ -233,6 +254,7 @@ def generate_text(
             sample=temperature > 0,
             eos_token_id=stop,
             on_token=printer.put if printer else None,
+            generator=generator,
         )
         generated.extend(new)
         if len(new) < step or new[-1] in stop:

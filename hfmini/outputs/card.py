@@ -20,9 +20,9 @@ TEMPLATE = Path(__file__).with_name("model_card.md")
 def describe_data(data_args) -> tuple[str, str, list[str]]:
     """(dataset name, human description, Hub dataset ids) of the training data."""
     if data_args.dataset_name:
-        name = data_args.dataset_name
+        is_hub_id = not Path(data_args.dataset_name).exists()
+        name = data_args.dataset_name if is_hub_id else shown_name(data_args.dataset_name)
         config = f" ({data_args.dataset_config_name})" if data_args.dataset_config_name else ""
-        is_hub_id = not Path(name).exists()
         return name, f"the dataset `{name}`{config}", [name] if is_hub_id else []
     if data_args.train_file:
         files = ", ".join(f"`{Path(f).name}`" for f in data_args.train_file)
@@ -36,6 +36,18 @@ def describe_data(data_args) -> tuple[str, str, list[str]]:
         "validation is three held-out plays (Twelfth Night, Julius Caesar, The Tempest)",
         [],
     )
+
+
+def shown_name(path_or_id: str | None) -> str | None:
+    """A model folder as the card names it: an absolute path (or one through ..) becomes the
+    folder's name, so a published card never shows the user's home or disk layout; a relative
+    path or a Hub id stays as given."""
+    if path_or_id is None:
+        return None
+    path = Path(path_or_id).expanduser()
+    if path.is_absolute() or ".." in path.parts or str(path_or_id).startswith("~"):
+        return path.resolve().name
+    return str(path_or_id)
 
 
 def is_builtin_corpus(data_args) -> bool:
@@ -54,7 +66,8 @@ def build_model_card(
 ) -> ModelCard:
     """The card of a finished run; `precision` is the mixed precision it trained in ("no", "bf16",
     "fp16"), as the run's Accelerator used it; `base_model` the Hub id it was fine-tuned from
-    (None: from scratch, or from a local folder, which the Hub cannot link to); `chat`: trained
+    (None: from scratch, or from a local folder that records no Hub id, which the Hub cannot link
+    to, named by its folder's name only); `chat`: trained
     on conversations, with a chat template (usage shows messages; scores are of the answers)."""
     args = config.train
     data_name, data_text, hub_datasets = describe_data(config.data)
@@ -89,7 +102,7 @@ def build_model_card(
     before = []
     if "start_bits_per_byte" in results:
         before = [("Bits per byte of the starting model", results["start_bits_per_byte"])]
-    origin = config.model.model_name_or_path
+    origin = base_model or shown_name(config.model.model_name_or_path)
     if kind == "scratch":
         summary = f"A miniature GPT-2 trained from scratch with hfmini on {data_text}."
         tokenizer_line = "The tokenizer was trained on the training split only."
@@ -115,7 +128,7 @@ def build_model_card(
         data_text=data_text,
         tokenizer_line=tokenizer_line,
         usage="adapter" if adapter else "chat" if chat else "pipeline",
-        repo=args.hub_model_id or args.output_dir,
+        repo=args.hub_model_id or shown_name(args.output_dir),
         prompt=(args.sample_prompts or ["Hello" if chat else ""])[0],
         samples=samples,
     )

@@ -16,12 +16,16 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
+import sys
+from datetime import datetime
+from importlib.metadata import version
 from pathlib import Path
 
 import yaml
 
 from hfmini.config import DEFAULT_MAX_NEW_TOKENS, SAMPLING_DEFAULTS
-from hfmini.errors import HfminiError, disk_full
+from hfmini.errors import HfminiError, disk_full, free_bytes, human_bytes
 from hfmini.models.chat_template import stop_token_ids
 from hfmini.models.size import context_length
 from hfmini.models.tokenizer import save_tokenizer
@@ -74,11 +78,65 @@ def save_model(
     return output_dir
 
 
+def git_commit() -> str | None:
+    """The commit checked out in the working directory, or None outside a git repository or
+    without git installed; git's own complaint ("fatal: not a git repository") is not shown."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() or None
+
+
+def save_evaluate_results(folder: str | Path, results: dict, config_dict: dict) -> Path:
+    """`result-<date>-<time>.json` as `evaluate.save(folder, **results, config=...)` writes it
+    (same keys), without its git call: that one prints git's "fatal: not a git repository" on
+    stderr outside a repository and raises where git is not installed."""
+    now = datetime.now()
+    path = Path(folder) / f"result-{now.strftime('%Y_%m_%d-%H_%M_%S')}.json"
+    data = {
+        **results,
+        "config": config_dict,
+        "_timestamp": now.isoformat(),
+        "_git_commit_hash": git_commit(),
+        "_evaluate_version": version("evaluate"),
+        "_python_version": sys.version,
+        "_interpreter_path": sys.executable,
+    }
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def resume_hint(output_dir: str | Path) -> str:
+    """What to run once the disk has room: resume from the newest checkpoint, or start again."""
+    kept = list_checkpoints(output_dir)
+    if kept:
+        return (
+            ", then run the same command with --resume_from_checkpoint latest "
+            f"({kept[-1].name} is untouched)"
+        )
+    return ", then run again (no checkpoint was saved)"
+
+
+def weights_bytes(model) -> int:
+    """The bytes of the model's weights as safetensors holds them, about what an export needs."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
 @contextlib.contextmanager
-def atomic_export(output_dir: str | Path):
+def atomic_export(output_dir: str | Path, needed: int | None = None):
     """Yields output_dir/.hfmini-export/ to write the final model's files into; then moves them into
     output_dir, weights last. On any failure (a full disk, say) the temporary folder is removed
-    and the error is one line; what output_dir held before is untouched."""
+    and the error is one line (with a full disk, the room `needed`, in bytes, and the room
+    left); what output_dir held before is untouched."""
     output_dir = Path(output_dir)
     tmp = output_dir / EXPORT_TMP
     try:
@@ -94,16 +152,17 @@ def atomic_export(output_dir: str | Path):
         full = disk_full(err, output_dir)
         if not full and not isinstance(err, OSError):
             raise
-        reason = "No space left on device" if full else (err.strerror or str(err))
-        kept = list_checkpoints(output_dir)
-        hint = (
-            f"then run the same command with --resume_from_checkpoint latest ({kept[-1].name} "
-            "is untouched)"
-            if kept
-            else "then run again (no checkpoint was saved)"
-        )
+        shutil.rmtree(tmp, ignore_errors=True)  # first: the free space below counts its room
+        if full:
+            room = [f"needs about {human_bytes(needed)}"] if needed else []
+            free = free_bytes(output_dir)
+            room += [f"{human_bytes(free)} free"] if free is not None else []
+            reason = "; ".join(["No space left on device", *room])
+        else:
+            reason = err.strerror or str(err)
         raise HfminiError(
-            f"could not write the model to {output_dir} ({reason}): free disk space, {hint}"
+            f"could not write the model to {output_dir} ({reason}): free disk space"
+            f"{resume_hint(output_dir)}"
         ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

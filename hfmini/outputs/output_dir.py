@@ -74,52 +74,65 @@ def _unwritable(out: Path, err: OSError) -> HfminiError:
     )
 
 
+def _owner(lock_path: Path) -> str:
+    """The process id a running hfmini wrote into its lock file ("unknown" where it cannot be read:
+    Windows keeps a locked file's first byte unreadable to other processes)."""
+    try:
+        return lock_path.read_text(encoding="utf-8").strip() or "unknown"
+    except (OSError, UnicodeDecodeError):
+        return "unknown"
+
+
 class OutputDirLock:
     """`output_dir` claimed for one run: created if needed, checked writable, and locked against a
-    second run until the process ends. A folder this run created and left empty is removed."""
+    second run until the process ends. A folder this run created and left empty is removed.
+
+    The lock is filelock's (flock on Unix, LockFileEx on Windows): the operating system drops it
+    when the process dies, so a killed run never leaves a stale lock. filelock 4 opens the file
+    without truncating it, so the pid written by the holder stays readable by a refused run."""
 
     def __init__(self, output_dir: str | Path, enabled: bool = True):
         self.out = Path(output_dir)
         self.enabled = enabled  # only a run's main process claims the folder
-        self.handle = None
+        self.lock = None
         self.created = False
 
     def __enter__(self) -> OutputDirLock:
-        import fcntl
+        from filelock import FileLock, Timeout
 
         if not self.enabled:
             return self
         check_output_dir_is_ours(self.out)  # before writing anything into it
+        lock_path = self.out / LOCK_FILE
         try:
             self.created = not self.out.exists()
             self.out.mkdir(parents=True, exist_ok=True)
             probe = self.out / f".hfmini-write-test-{os.getpid()}"
             probe.write_bytes(b"")  # read-only folders can still hold a lock file: try a write
             probe.unlink()
-            self.handle = open(self.out / LOCK_FILE, "a+")  # noqa: SIM115 (held for the run)
+            lock = FileLock(str(lock_path))
+            lock.acquire(timeout=0)  # one try: a second run is refused, it does not wait
+        except Timeout:
+            raise HfminiError(
+                f"output_dir {self.out} is in use by another hfmini run (process "
+                f"{_owner(lock_path)}): wait for it to finish, or choose another output_dir"
+            ) from None
         except OSError as err:
             raise _unwritable(self.out, err) from None
+        self.lock = lock
         try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.seek(0)
-            owner = self.handle.read().strip() or "unknown"
-            self.handle.close()
-            raise HfminiError(
-                f"output_dir {self.out} is in use by another hfmini run (process {owner}): wait "
-                "for it to finish, or choose another output_dir"
-            ) from None
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write(f"{os.getpid()}\n")
-        self.handle.flush()
+            lock_path.write_text(f"{os.getpid()}\n", encoding="utf-8")
+        except OSError:
+            pass  # Windows: only the lock's own handle may write; the pid is a courtesy
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.handle is None:
+        if self.lock is None:
             return
-        self.handle.close()  # releases the lock
-        if self.created and [p.name for p in self.out.iterdir()] == [LOCK_FILE]:
+        self.lock.release()
+        self.lock = None
+        # filelock removes the file on release on Windows and keeps it elsewhere.
+        if self.created and [p.name for p in self.out.iterdir()] in ([], [LOCK_FILE]):
             shutil.rmtree(self.out, ignore_errors=True)  # nothing of the run's own was written
 
 

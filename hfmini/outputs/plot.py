@@ -2,17 +2,43 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 from pathlib import Path
 
-from hfmini.errors import HfminiError
-from hfmini.run_folder import read_metrics
+from hfmini.errors import HfminiError, disk_full, no_space
+from hfmini.run_folder import METRICS_FILE, read_metrics
+
+
+def check_run_dirs(run_dirs: list[str | Path]) -> None:
+    """Every folder asked for exists and holds metrics: none is left out of the plot silently."""
+    missing = [str(d) for d in run_dirs if not Path(d).is_dir()]
+    if missing:
+        raise HfminiError(
+            f"{', '.join(missing)}: no such folder; pass run folders (training output_dirs) "
+            "that exist"
+        )
+    empty = [str(d) for d in run_dirs if not (Path(d) / METRICS_FILE).is_file()]
+    if empty and len(empty) < len(run_dirs):
+        raise HfminiError(
+            f"{', '.join(empty)} holds no {METRICS_FILE}: pass only run folders written by hfmini "
+            "train (or drop those)"
+        )
 
 
 def plot_runs(
-    run_dirs: list[str | Path], out_path: str | Path, labels: list[str] | None = None
+    run_dirs: list[str | Path],
+    out_path: str | Path,
+    labels: list[str] | None = None,
+    then: str = ", or choose another -o path",
 ) -> Path:
-    """Train and validation loss against optimizer step (left) and tokens seen (right)."""
+    """Train and validation loss against optimizer step (left) and tokens seen (right).
+
+    The image is rendered in memory, written under a temporary name and renamed: a full disk
+    leaves the previous curve (or none), never a truncated PNG; `then` ends that error's line."""
     out_path = Path(out_path)
+    check_run_dirs(run_dirs)
     blocker = next((p for p in out_path.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:  # checked first: mkdir would say "File exists", about the folder
         raise HfminiError(
@@ -67,11 +93,30 @@ def plot_runs(
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=8)
     fig.suptitle("hfmini loss curve")
-    try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out_path, dpi=110)
-    except OSError as err:
-        raise HfminiError(
-            f"cannot write the plot to {out_path} ({err.strerror or err}): choose another -o path"
-        ) from None
+    image = io.BytesIO()
+    fig.savefig(image, dpi=110, format=(out_path.suffix.lstrip(".") or "png").lower())
+    write_atomically(out_path, image.getvalue(), "the loss curve", then)
     return out_path
+
+
+def write_atomically(path: Path, data: bytes, what: str, then: str) -> None:
+    """`data` into `path` through a temporary file in the same folder and a rename; a full disk
+    is one line naming the folder, the bytes needed and the bytes free."""
+    # Only a regular file (or none) is replaced by a rename: a device or a pipe given as -o
+    # (/dev/stdout, /dev/full) is written into, never swapped for a file.
+    special = path.exists() and not path.is_file()
+    tmp = path if special else path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        if not special:
+            os.replace(tmp, path)
+    except OSError as err:
+        if not special:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        if disk_full(err):
+            raise no_space(what, path.parent, len(data), then) from None
+        raise HfminiError(
+            f"cannot write the plot to {path} ({err.strerror or err}): choose another -o path"
+        ) from None

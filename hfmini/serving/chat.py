@@ -15,17 +15,17 @@ import argparse
 import sys
 from collections.abc import Callable
 
-import torch
-
 from hfmini.config import DEFAULT_MAX_NEW_TOKENS, SAMPLING_DEFAULTS
 from hfmini.errors import HfminiError
 from hfmini.models.chat_template import stop_token_ids
 from hfmini.models.sampling import (
     _Printer,
+    check_prompt,
     check_sampling,
     decode,
     load_model_and_tokenizer,
     sampling_warpers,
+    seeded_generator,
 )
 from hfmini.models.size import context_length
 
@@ -49,6 +49,7 @@ class ChatSession:
         top_k: int | None = SAMPLING_DEFAULTS["top_k"],
         top_p: float | None = SAMPLING_DEFAULTS["top_p"],
         system: str | None = None,
+        seed: int | None = None,
     ):
         check_sampling(max_new_tokens, temperature, top_k, top_p)
         self.model, self.tokenizer = model, tokenizer
@@ -61,6 +62,8 @@ class ChatSession:
         # model) still leaves history to talk about; such a reply stops at the context's end.
         self.prompt_budget = self.context - min(max_new_tokens, self.context // 2)
         self.system = system
+        # Its own generator: seeded once, the whole conversation reproduces, whatever else draws.
+        self.generator = seeded_generator(model, seed)
         self.reset()
 
     def reset(self) -> None:
@@ -113,7 +116,16 @@ class ChatSession:
         try:
             ids = self.prompt_ids()
             steps = min(self.max_new_tokens, self.context - len(ids))
-            decode(self.model, ids, steps, self.warpers, self.sample, self.stops, on_token)
+            decode(
+                self.model,
+                ids,
+                steps,
+                self.warpers,
+                self.sample,
+                self.stops,
+                on_token,
+                generator=self.generator,
+            )
         finally:
             # Also on Ctrl-C mid-reply: the part already shown stays as the assistant's turn, so the
             # history matches the screen (and user and assistant keep alternating).
@@ -151,11 +163,19 @@ def run_chat(args: argparse.Namespace) -> None:
             "(prompt/completion or messages data) first, or use `hfmini generate` for plain text"
         )
     session = ChatSession(
-        model, tokenizer, args.max_new_tokens, args.temperature, args.top_k, args.top_p
+        model,
+        tokenizer,
+        args.max_new_tokens,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        seed=args.seed,
     )
-    if args.seed is not None:
-        torch.manual_seed(args.seed)  # once: the whole conversation reproduces
     print(BANNER.format(args.model_dir), flush=True)
+    # A line that is not UTF-8 keeps its bytes (as surrogates, which check_prompt names) instead
+    # of raising inside input() and losing the lines already read behind it.
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")
     while True:
         try:
             line = input(PROMPT)
@@ -165,6 +185,16 @@ def run_chat(args: argparse.Namespace) -> None:
         except KeyboardInterrupt:
             print()
             raise
+        except UnicodeDecodeError as err:  # a strict stdin: the line's bytes are not UTF-8
+            _note(
+                f"(that line is not valid UTF-8 (byte {err.object[err.start]:#04x}): type it again)"
+            )
+            continue
+        try:
+            check_prompt(line)  # a surrogateescape stdin (C locale) keeps bad bytes as surrogates
+        except HfminiError as err:
+            _note(f"({str(err).replace('--prompt', 'that line')})")
+            continue
         if not line.strip():
             continue
         if line.strip() == "/reset":

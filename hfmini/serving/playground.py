@@ -248,13 +248,8 @@ def chat_stream(
             yield history, message
             return
         model, tokenizer = playground.model(folder)
-        seed = settings.pop("seed")
-        session = ChatSession(model, tokenizer, **settings)
+        session = ChatSession(model, tokenizer, **settings)  # a seed: the session's own generator
         session.history = [dict(m) for m in history]
-        if seed is not None:
-            import torch
-
-            torch.manual_seed(seed)
         asked = [*history, {"role": "user", "content": message}]
         yield asked, ""  # the message moves into the conversation; gradio shows dots till text
         for text in stream(lambda on_text: session.reply(message, on_text=on_text)):

@@ -80,6 +80,10 @@ def _score(model, groups: list, run_by_all: int, make_batch, token_bytes, accele
             return None
         batch = {k: v.to(device) for k, v in make_batch(group).items()}
         labels = batch.pop("labels")
+        # Blocks are whole (padding only ever follows the scored tokens, which causal attention
+        # never looks back at), so the mask is all ones: said explicitly, transformers does not
+        # warn about padding, and its SDPA path still takes the causal fast path.
+        batch.setdefault("attention_mask", torch.ones_like(batch["input_ids"]))
         logits = model(**batch, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
         targets = labels[:, 1:]  # (B, T-1)
         scored = targets != -100

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import logging
 
-import evaluate as hf_evaluate
 import torch
 
 from hfmini.models.device import peak_memory_bytes, without_compile
 from hfmini.models.size import count_parameters
 from hfmini.outputs.card import write_model_card
-from hfmini.outputs.export import atomic_export, save_model
+from hfmini.outputs.export import (
+    atomic_export,
+    save_evaluate_results,
+    save_model,
+    weights_bytes,
+)
 from hfmini.outputs.hub import push_folder
 from hfmini.run_folder import checkpoint_name, list_checkpoints
 from hfmini.training.interrupt import StopRequest
@@ -79,10 +83,10 @@ def export(run: Run, metrics: dict, samples: list[tuple[str, str]]) -> None:
             "train_runtime": run.clock.seconds(),
             "peak_memory_bytes": peak_memory_bytes(acc.device),
         }
-        with atomic_export(args.output_dir) as folder:
+        with atomic_export(args.output_dir, needed=weights_bytes(model)) as folder:
             config_dict = run.config.to_dict()
             save_model(model, run.tokenizer, folder, config_dict, results, state_dict=state_dict)
-            hf_evaluate.save(str(folder), **results, config=config_dict)
+            save_evaluate_results(folder, results, config_dict)
             card = (run.config, results, samples, acc.num_processes, model.config)
             write_model_card(folder, *card, acc.mixed_precision, run.base_model, chat=run.is_chat)
         logger.info("model saved to %s", args.output_dir)

@@ -1,5 +1,12 @@
 """The learning-rate schedule: transformers' `lr_scheduler_type` over the run's steps, or laid out
-over its progress (budget.py) when it has a time budget."""
+over its progress (budget.py) when it has a time budget.
+
+The rule with both max_steps and max_train_minutes: the schedule follows whichever bound is
+further along at each step (progress is the further of step / max_steps and seconds / budget),
+since which one ends the run is only known at its end (the pace of a step is not known ahead).
+While max_steps leads, and so for a run that max_steps ends throughout, the learning rate at each
+step is the one `get_scheduler` gives over max_steps, warmup included; once the clock leads, the
+rest of the schedule is laid out over the time left."""
 
 from __future__ import annotations
 
@@ -35,13 +42,20 @@ def build_scheduler(optimizer, args, length: RunLength, progress: Progress):
         except ValueError as err:
             raise HfminiError(f"lr_scheduler_type {args.lr_scheduler_type!r}: {err}") from None
     shape = _schedule_shape(args.lr_scheduler_type)
-    warmup = args.warmup_steps
+    warmup, in_steps = args.warmup_steps, args.warmup_steps >= 1
+    if length.total_steps is not None:
+        # Both bounds: warmup is the fraction of max_steps that the step schedule warms up for,
+        # so a run that max_steps ends gets transformers' schedule over max_steps exactly.
+        warmup = warmup_steps_for(warmup, length.total_steps) / length.total_steps
+        in_steps = False
 
     def factor(_: int) -> float:
-        if warmup >= 1:  # warmup in steps, then the shape over the whole run
+        if in_steps:  # time only, warmup in steps: then the shape over the whole run
             return min(1.0, progress.step / warmup) * shape(progress.done)
         if progress.done < warmup:  # warmup over the first fraction of the run
             return progress.done / warmup
+        if warmup >= 1.0:  # warmup spans the whole run
+            return 1.0
         return shape((progress.done - warmup) / (1.0 - warmup))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -7,13 +7,16 @@ describe a run (model, data, batch) are written here too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import netrc
 import os
 from pathlib import Path
 
+from hfmini.errors import HfminiError, disk_full, no_space
 from hfmini.models.size import context_length, count_parameters
+from hfmini.outputs.export import resume_hint
 from hfmini.run_folder import METRICS_FILE, read_metrics
 
 logger = logging.getLogger("hfmini")
@@ -55,8 +58,19 @@ def truncate_metrics_after(run_dir: str | Path, step: int) -> None:
     versions of the same steps."""
     path = Path(run_dir) / METRICS_FILE
     rows = [row for row in read_metrics(run_dir) if row.get("step", 0) <= step]
-    if path.is_file():
-        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    if not path.is_file():
+        return
+    # Written beside and renamed: a full disk here must not cost the rows already logged.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if disk_full(err):
+            raise no_space(METRICS_FILE, path.parent, then=", then resume again") from None
+        raise
 
 
 class RunLogger:
@@ -69,8 +83,24 @@ class RunLogger:
     def log(self, metrics: dict, step: int) -> None:
         if not self.accelerator.is_main_process:
             return
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": step, **metrics}) + "\n")
+        line = (json.dumps({"step": step, **metrics}) + "\n").encode("utf-8")
+        size = self.path.stat().st_size if self.path.is_file() else 0
+        try:
+            with self.path.open("ab") as handle:
+                handle.write(line)
+        except OSError as err:
+            # A line cut short would glue onto the next one a resume appends: cut it off again
+            # (truncating needs no room).
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, size)
+            if disk_full(err):
+                raise no_space(
+                    METRICS_FILE, self.path.parent, len(line), resume_hint(self.path.parent)
+                ) from None
+            raise HfminiError(
+                f"cannot write {self.path} ({err.strerror or err}): make {self.path.parent} "
+                "writable, then resume with --resume_from_checkpoint latest"
+            ) from None
         if self.accelerator.trackers:
             self.accelerator.log(metrics, step=step)
 

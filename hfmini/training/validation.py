@@ -10,6 +10,7 @@ from pathlib import Path
 
 from hfmini.config import SAMPLING_DEFAULTS
 from hfmini.models.sampling import generate_text
+from hfmini.outputs.export import resume_hint
 from hfmini.outputs.plot import plot_runs
 from hfmini.run_folder import LOSS_CURVE_FILE
 from hfmini.training.accelerator import inference_model
@@ -59,6 +60,7 @@ def validate(run: Run, stop: StopRequest, final: bool) -> tuple[dict, list] | No
             [args.output_dir],
             Path(args.output_dir) / LOSS_CURVE_FILE,
             labels=[args.run_name or Path(args.output_dir).name],
+            then=resume_hint(args.output_dir),
         )
         logger.info(
             "step %d: eval loss %.4f, perplexity %.2f, bits per byte %.4f (%.1fs)",
