@@ -141,3 +141,12 @@ def test_a_config_built_in_python_is_checked():
 
     with pytest.raises(HfminiError, match="block_size 128 is above the model's context"):
         Config(DataArguments(block_size=128), ModelArguments(n_positions=64), TrainArguments())
+
+
+def test_a_list_for_a_one_value_key_names_the_key(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("learning_rate: [1, 2]\nsample_prompts: [a, b]\n")
+    with pytest.raises(HfminiError, match=r"learning_rate takes one value, got the list \[1, 2\]"):
+        parse_config(["--config", str(recipe)])
+    recipe.write_text("sample_prompts: [a, b]\n")
+    assert parse_config(["--config", str(recipe)]).train.sample_prompts == ["a", "b"]

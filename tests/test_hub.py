@@ -280,3 +280,14 @@ def test_push_command_line_fails_in_one_line(tmp_path):
         "of a finished training run"
     ]
     assert done.stdout == ""
+
+
+def test_push_refuses_full_weights_without_a_tokenizer(fake_hub, capsys, tmp_path, finished_run):
+    out, _ = finished_run
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(out / name, bare)
+    message = push_error(capsys, str(bare), "--hub_model_id", "tester/x")
+    assert "holds a model but no tokenizer (tokenizer.json)" in message
+    assert fake_hub.calls == []

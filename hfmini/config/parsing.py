@@ -63,12 +63,19 @@ def _yaml_to_argv(path: str) -> list[str]:
 
 def _values_to_argv(values: dict, where: str) -> list[str]:
     keys = set(known_keys())
+    list_keys = {
+        f.name for group in ARG_GROUPS for f in dataclasses.fields(group) if "list" in str(f.type)
+    }
     argv: list[str] = []
     for key, value in values.items():
         if key not in keys:
             raise _unknown_key_error(str(key), where)
         if value is None:
             continue
+        if isinstance(value, list) and key not in list_keys:
+            raise HfminiError(
+                f"{key} takes one value, got the list {value} {where}: write {key}: VALUE"
+            )
         items = value if isinstance(value, list) else [value]
         texts = [str(v).lower() if isinstance(v, bool) else str(v) for v in items]
         if len(texts) == 1:

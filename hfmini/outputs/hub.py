@@ -18,7 +18,14 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from hfmini.errors import HfminiError
 from hfmini.outputs.export import save_model
-from hfmini.run_folder import UPLOAD_PATTERNS, holds_finished_model, list_checkpoints
+from hfmini.run_folder import (
+    ADAPTER_CONFIG,
+    TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE,
+    UPLOAD_PATTERNS,
+    holds_finished_model,
+    list_checkpoints,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +75,13 @@ def check_finished_folder(folder: str | Path) -> None:
     if not out.is_dir():
         raise HfminiError(f"{out} is not a folder: pass the output_dir of a finished training run")
     if holds_finished_model(out):
+        # An adapter alone may lean on its base's tokenizer; full weights need their own.
+        tokenizer = (out / TOKENIZER_FILE).is_file() or (out / TOKENIZER_CONFIG_FILE).is_file()
+        if not tokenizer and not (out / ADAPTER_CONFIG).is_file():
+            raise HfminiError(
+                f"{out} holds a model but no tokenizer ({TOKENIZER_FILE}): nobody could run it "
+                "from the Hub; copy the tokenizer files of the run into it, then push"
+            )
         return
     if list_checkpoints(out):
         raise HfminiError(
