@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from conftest import REPO, tiny_run_args, write_lines
+from conftest import BIN, REPO, TRAIN_SCRIPT, tiny_run_args, write_lines
 from test_launch import kill_group, linux_only, metric_rows, readme_main_command, trained_steps
 
 from hfmini.run_folder import list_checkpoints
@@ -78,11 +78,11 @@ class Started:
     """The README's command in a session of its own, as a terminal or a scheduler starts it,
     its stderr read as it comes (tqdm's carriage returns end lines too)."""
 
-    def __init__(self, args: list[str], env: dict | None = None) -> None:
+    def __init__(self, args: list[str], env: dict | None = None, launcher=None) -> None:
         readme = readme_main_command()
         assert readme[-2] == "--config", readme  # the README's recipe; args bring their own
         self.proc = subprocess.Popen(
-            readme[:-2] + args,
+            (launcher or readme[:-2]) + args,
             cwd=REPO,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             stdout=subprocess.DEVNULL,
@@ -157,6 +157,36 @@ def test_a_signal_while_training_saves_says_how_to_resume_and_resume_finishes(tm
     (checkpoint,) = list_checkpoints(out)
     assert max(trained_steps(out)) == int(checkpoint.name.split("-")[1]) < 12
     resume_finishes(command, out, 12)
+
+
+@pytest.mark.slow
+@linux_only
+def test_ctrl_c_under_the_ddp_config_saves_once_and_resume_finishes(tmp_path):
+    """docs/running.md's DDP command, two CPU processes: the terminal's SIGINT reaches both
+    workers, then the elastic agent sends each another; that is one request, not an abort."""
+    out = tmp_path / "out"
+    ddp = REPO / "recipes" / "accelerate_configs" / "ddp.yaml"
+    launcher = [str(BIN / "accelerate"), "launch", "-q", "--config_file", str(ddp)]
+    launcher += ["--num_processes", "2", "--mixed_precision", "no", str(TRAIN_SCRIPT)]
+    run = Started(tiny_run_args(out, 12, "--logging_steps", "1"), launcher=launcher)
+    run.wait_for_step(out, 3)
+    run.signal("ctrl-c")
+    command = ends_on_the_resume_line(run, 130)
+    assert command[:2] == [str(BIN / "accelerate"), "launch"]
+    assert len(list_checkpoints(out)) == 1
+    resume_finishes(command, out, 12)
+
+
+@pytest.mark.slow
+@linux_only
+def test_a_mistake_under_the_ddp_config_is_said_once(tmp_path):
+    ddp = REPO / "recipes" / "accelerate_configs" / "ddp.yaml"
+    launcher = [str(BIN / "accelerate"), "launch", "-q", "--config_file", str(ddp)]
+    launcher += ["--num_processes", "2", "--mixed_precision", "no", str(TRAIN_SCRIPT)]
+    run = Started(tiny_run_args(tmp_path / "out", 12, "--learning_rte", "1"), launcher=launcher)
+    code, err = run.finish()
+    assert code == 1 and "Traceback (most recent call last)" not in err, err[-3000:]
+    assert err.count("error: unknown config key 'learning_rte'") == 1, err[-3000:]
 
 
 @pytest.mark.slow

@@ -100,8 +100,9 @@ def resume_command() -> str:
 
 
 def launcher_words() -> list[str] | None:
-    """The launcher's command line (Linux /proc), as typed: `accelerate launch ...`, without the
-    interpreter its entry script runs in. None without a launcher, or where it cannot be read."""
+    """The launcher's command line (Linux /proc): `/path/to/accelerate launch ...`, without the
+    interpreter its entry script runs in (the path as the shell found it, so that it runs
+    whatever PATH is). None without a launcher, or where it cannot be read."""
     if not launched() or os.getppid() != STARTED_BY:
         return None
     try:
@@ -111,7 +112,7 @@ def launcher_words() -> list[str] | None:
     words = [w.decode(errors="replace") for w in raw.split(b"\0") if w]
     for at, word in enumerate(words[:2]):
         if Path(word).name in LAUNCHERS:
-            return [Path(word).name, *words[at + 1 :]]
+            return words[at:]
     return None
 
 
