@@ -91,8 +91,12 @@ def stop_agreed(run: Run, stop: StopRequest) -> bool:
     acc = run.accelerator
     if stop.requested:
         acc.set_trigger()
-    if acc.num_processes == 1 or not acc.check_trigger():
+    if acc.num_processes == 1:
         return stop.requested
+    # The all-reduce's answer, never this process's flag alone: a signal landing between the two
+    # lines above must wait for the next question, or this process would stop and the others not.
+    if not acc.check_trigger():
+        return False
     stop.told_by_another()  # so that rank 0 reports the checkpoint whoever was signalled
     return True
 

@@ -1,7 +1,7 @@
 """Training, end to end: `run_training` (setup → score the start → train → finish) and `main`, the
 entry point of `recipes/train.py` and `hfmini train`.
 
-    accelerate launch recipes/train.py --config recipes/shakespeare/config.yaml [--key value ...]
+    python recipes/train.py --config recipes/shakespeare/config.yaml [--key value ...]
 
 The same code runs as one process, under `accelerate launch` on many GPUs/nodes, and under
 `torchrun` on CPU machines (gloo data parallel). Its stages: setup.py (a `Run`), loop.py (the
