@@ -206,9 +206,9 @@ def test_ctrl_c_twice_quickly_is_one_request(tmp_path):
 @linux_only
 def test_a_step_longer_than_a_launchers_grace_still_leaves_a_resumable_run(tmp_path):
     """A real config whose optimizer step takes seconds (a 10M-parameter model, 4 micro-batches
-    of 16 × 32 tokens: 13 to 17 s measured on a busy 2-core CPU, several times the 5 s that
-    `accelerate launch` gives its child): SIGTERM in the middle of step 2 finishes it, saves
-    step 2, and the resume trains step 3 and exports. Small local files keep the data
+    of 16 × 32 tokens: 11 s measured on an idle 2-core CPU, 17 s on a busy one, twice the 5 s and
+    more that `accelerate launch` gives its child): SIGTERM in the middle of step 2 finishes it,
+    saves step 2, and the resume trains step 3 and exports. Small local files keep the data
     preparation and the final evaluation (the whole validation file) short."""
     out = tmp_path / "out"
     data = [

@@ -36,7 +36,8 @@ def run_training(config: Config, stop: StopRequest | None = None) -> dict:
     signal during setup raises Interrupted: until the first step there is nothing to save.
     """
     main_process = os.environ.get("RANK", "0") == "0"
-    handling = contextlib.nullcontext(stop) if stop is not None else StopRequest()
+    own = stop is None
+    handling = StopRequest() if own else contextlib.nullcontext(stop)
     with handling as stop, OutputDirLock(config.train.output_dir, main_process):
         run = setup(config)
         stop.training()
@@ -45,6 +46,12 @@ def run_training(config: Config, stop: StopRequest | None = None) -> dict:
             metrics = finish(run, stop) if completed else {}
         finally:
             run.accelerator.end_training()
+    if own and stop.saved_to is not None:  # called from Python: `main` is not there to say it
+        logger.info(
+            "stopped at step %d; checkpoint saved to %s (resume_from_checkpoint='latest')",
+            stop.stopped_at,
+            stop.saved_to,
+        )
     return metrics
 
 
