@@ -19,10 +19,11 @@ $(BIN)/hfmini: pyproject.toml
 
 install: $(BIN)/hfmini
 
-# -q: a mistake ends on hfmini's one-line error, not on the launcher's traceback after it.
+# One process, no launcher: a mistake ends on hfmini's one-line error (exit 2), and Ctrl-C or SIGTERM
+# on the checkpoint and the command that resumes (exit 130 or 143). `accelerate launch` kills its
+# child 5 s after a signal, checkpoint written or not (docs/running.md).
 train: install
-	$(BIN)/accelerate launch -q --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		recipes/train.py --config $(RECIPE) $(ARGS)
+	$(BIN)/python recipes/train.py --config $(RECIPE) $(ARGS)
 
 # Fine-tuning, shown: a base model on every group of plays but the comedies, then the comedies
 # from scratch, by full fine-tuning and by LoRA at equal compute (recipes/play-groups/). A run
@@ -34,9 +35,8 @@ play-groups: install
 	$(BIN)/python -m hfmini.shakespeare --groups comedies \
 		--validation twelfth-night much-ado-about-nothing --output_dir $(GROUPS)/comedies
 	for run in base scratch full lora; do \
-		test -f $(GROUPS)/$$run/model.safetensors || $(OFFLINE) $(BIN)/accelerate launch -q \
-			--num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-			recipes/train.py --config recipes/play-groups/$$run.yaml $(ARGS) || exit 1; \
+		test -f $(GROUPS)/$$run/model.safetensors || $(OFFLINE) $(BIN)/python \
+			recipes/train.py --config recipes/play-groups/$$run.yaml $(ARGS) || exit $$?; \
 	done
 	$(BIN)/python recipes/play-groups/compare.py $(GROUPS)
 
@@ -56,10 +56,9 @@ chat-recipe: install
 	test -f output/shakespeare/model.safetensors || $(MAKE) train
 	$(BIN)/python -m hfmini.shakespeare --conversations --max_chars 300 --output_dir output/shakespeare-chat-data
 	for run in shakespeare-chat shakespeare-chat-full; do \
-		test -f output/$$run/model.safetensors || $(OFFLINE) $(BIN)/accelerate launch -q \
-			--num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		test -f output/$$run/model.safetensors || $(OFFLINE) $(BIN)/python \
 			recipes/train.py --config recipes/shakespeare-chat/config.yaml --output_dir output/$$run \
-			$$(test $$run = shakespeare-chat-full && echo --assistant_only_loss false) $(ARGS) || exit 1; \
+			$$(test $$run = shakespeare-chat-full && echo --assistant_only_loss false) $(ARGS) || exit $$?; \
 	done
 	$(OFFLINE) $(BIN)/python recipes/shakespeare-chat/compare.py output
 

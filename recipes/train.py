@@ -1,17 +1,20 @@
 """Train a miniature GPT-2 from scratch. Thin on purpose: everything lives in `hfmini`.
 
-accelerate launch -q recipes/train.py --config recipes/shakespeare/config.yaml
+python recipes/train.py --config recipes/shakespeare/config.yaml [--key value ...]
 accelerate launch --config_file recipes/accelerate_configs/ddp.yaml recipes/train.py --config ...
 torchrun --standalone --nproc_per_node 2 recipes/train.py --config recipes/tiny/config.yaml
-python recipes/train.py --config recipes/tiny/config.yaml --max_steps 20
 """
 
 import sys
 
-from hfmini.training.interrupt import stop_with_launcher
+from hfmini.training.interrupt import Interrupted, interrupt_during_startup, stop_with_launcher
 
 if __name__ == "__main__":
-    stop_with_launcher()  # first: should the launcher die during the imports, so do we
-    from hfmini.training.trainer import main
-
+    interrupt_during_startup()  # first: Ctrl-C during the imports ends on one line
+    stop_with_launcher()  # should the launcher die during the imports, so do we
+    try:
+        from hfmini.training.trainer import main
+    except Interrupted as err:
+        print(f"{err.args[0]}: stopped before training began, nothing saved", file=sys.stderr)
+        sys.exit(err.exit_code)
     sys.exit(main())

@@ -161,7 +161,8 @@ def tmpfs(path: Path, size: str, read_only: bool = False):
 
 
 def launch_command(*args: str) -> list[str]:
-    """The training script under `accelerate launch`, one process on the CPU, as `make train`."""
+    """The training script under `accelerate launch -q`, one process on the CPU, as `make train`
+    ran it before it dropped the launcher (people still type it)."""
     return [
         str(BIN / "accelerate"),
         "launch",

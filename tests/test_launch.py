@@ -131,16 +131,21 @@ def exits_within_grace(trainer: int, signalled: float) -> float:
 # The training process's part: wait for a stop request; write what it learnt to argv[1].
 CHILD = """
 import sys, time
-from hfmini.training.interrupt import StopRequest  # notes who started this process
+from hfmini.training.interrupt import Interrupted, StopRequest  # notes who started this process
 result, delay = sys.argv[1], float(sys.argv[2])
 open(result + ".imported", "w").close()
 time.sleep(delay)  # the launcher may die here, before the request is in place
-with StopRequest() as stop:
-    open(result + ".ready", "w").close()
-    deadline = time.monotonic() + 20
-    while not stop.requested and time.monotonic() < deadline:
-        time.sleep(0.01)
-open(result, "w").write(stop.signal_name or "not told")
+try:
+    with StopRequest() as stop:  # told at once if the launcher is gone: Interrupted, as in setup
+        stop.training()  # past the setup: a signal asks for a checkpoint
+        open(result + ".ready", "w").close()
+        deadline = time.monotonic() + 20
+        while not stop.requested and time.monotonic() < deadline:
+            time.sleep(0.01)
+    told = stop.signal_name or "not told"
+except Interrupted as err:
+    told = err.args[0]
+open(result, "w").write(told)
 """
 # The launcher's part, as accelerate's simple launcher: start the child and wait for it, with no
 # signal handler. With a delay it exits once the child has started, before the child's request.
@@ -442,8 +447,8 @@ def readme_main_command() -> list[str]:
     readme = (REPO / "README.md").read_text()
     (command,) = re.findall(r"`make train` runs `([^`]+)`", readme)
     words = shlex.split(command)
-    assert words[:2] == ["accelerate", "launch"], command
-    return [str(BIN / "accelerate"), *words[1:]]
+    assert words[0] == "python", command  # one process, no launcher (docs/running.md)
+    return [sys.executable, *words[1:]]
 
 
 def assert_ends_on_the_error(result: subprocess.CompletedProcess, make: bool = False) -> None:

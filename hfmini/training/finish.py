@@ -33,7 +33,7 @@ def finish(run: Run, stop: StopRequest) -> dict:
     trained = use_final_weights(run)
     validated = validate(run, stop, final=True)
     if validated is None:
-        keep_for_resume(run, trained)
+        keep_for_resume(run, trained, stop)
         return {}
     metrics, samples = validated
     start = {f"start_{k}": v for k, v in run.state.start_metrics.items()}
@@ -52,13 +52,13 @@ def use_final_weights(run: Run) -> list[torch.Tensor] | None:
     return trained
 
 
-def keep_for_resume(run: Run, trained: list[torch.Tensor] | None) -> None:
+def keep_for_resume(run: Run, trained: list[torch.Tensor] | None, stop: StopRequest) -> None:
     """Back to the trained weights, and a checkpoint unless resumed from this very step."""
     if trained is not None:
         with torch.no_grad():
             torch._foreach_copy_(run.ema.params, trained)
     kept = list_checkpoints(run.config.train.output_dir)
-    save_to_resume(run, saved=any(p.name == checkpoint_name(run.state.step) for p in kept))
+    save_to_resume(run, any(p.name == checkpoint_name(run.state.step) for p in kept), stop)
 
 
 def export(run: Run, metrics: dict, samples: list[tuple[str, str]]) -> None:

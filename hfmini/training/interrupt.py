@@ -1,30 +1,71 @@
 """Graceful stopping: SIGTERM (cluster preemption) or Ctrl-C asks the loop to checkpoint and exit.
 
-The first signal only sets a flag; the loop finishes the optimizer step (or evaluation batch) it
-is in, saves, and returns. A second Ctrl-C aborts at once.
+    signal before training ─► Interrupted at once (nothing to save): one line, exit 128 + signal
+    signal while training  ─► flag; the loop finishes the optimizer step (or evaluation batch)
+                              it is in, saves, and the entry point prints the checkpoint and the
+                              command that resumes; exit 130 (SIGINT) or 143 (SIGTERM)
+    Ctrl-C again, a second or more later ─► abort without saving
 
-Schedulers and containers often signal the launcher rather than the training process, and
-`accelerate launch` (one process) neither passes a SIGTERM on nor waits: it dies at once. So on
+A repeat within REPEAT_SECONDS is the same request: a launcher passing on the terminal's Ctrl-C
+(torchrun's agent sends the group's SIGINT again) must not abort the save it asked for.
+
+Schedulers and containers often signal the launcher rather than the training process. So on
 Linux a launched training process asks the kernel for a SIGTERM of its own when its launcher
-dies (prctl PR_SET_PDEATHSIG), and stops as if signalled itself.
+dies (prctl PR_SET_PDEATHSIG), and stops as if signalled itself. `accelerate launch`'s single-
+process launcher kills its child 5 s after a signal, whatever it is doing: the README's command
+is therefore `python recipes/train.py`, which no launcher can cut short (docs/running.md).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import shlex
 import signal
 import sys
+import time
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+REPEAT_SECONDS = 1.0
 # Who started this process, read at import (recipes/train.py imports this module before anything
 # heavy): a launcher that dies before the request below is in place shows as a changed parent.
 STARTED_BY = os.getppid()
+LAUNCHERS = ("accelerate", "torchrun")
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal before training began, or a second Ctrl-C: stop now, without saving."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # as a shell reports a process killed by the signal
+
+
+def raise_interrupted(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
+def interrupt_during_startup() -> None:
+    """recipes/train.py's first call: a signal during the imports raises Interrupted, which the
+    script turns into one line (a traceback of half-imported transformers helps nobody)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, raise_interrupted)
 
 
 def launched() -> bool:
     """Was this process started by `accelerate launch` or torchrun? (Each sets one of these.)"""
     return "ACCELERATE_DYNAMO_BACKEND" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def under_elastic_agent() -> bool:
+    """torchrun, or accelerate's multi-process launch: the agent reports a worker's non-zero exit
+    as a failure (a report of several lines), and its own exit already says it was signalled."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
 
 
 def stop_with_launcher() -> bool:
@@ -44,21 +85,80 @@ def stop_with_launcher() -> bool:
     return True
 
 
+def resume_command() -> str:
+    """The command that started this run, as typed (the launcher's, when one did), with
+    `--resume_from_checkpoint latest`, for the user to paste."""
+    words = launcher_words()
+    if words is None:  # `.venv/bin/python recipes/train.py ...`, or a console script's argv
+        words = list(sys.orig_argv if sys.argv[0].endswith(".py") else sys.argv)
+    if "--resume_from_checkpoint" in words[:-1]:
+        at = words.index("--resume_from_checkpoint")
+        words = [*words[: at + 1], "latest", *words[at + 2 :]]
+    elif not any(w.startswith("--resume_from_checkpoint=") for w in words):
+        words += ["--resume_from_checkpoint", "latest"]
+    return shlex.join(words)
+
+
+def launcher_words() -> list[str] | None:
+    """The launcher's command line (Linux /proc): `/path/to/accelerate launch ...`, without the
+    interpreter its entry script runs in (the path as the shell found it, so that it runs
+    whatever PATH is). None without a launcher, or where it cannot be read."""
+    if not launched() or os.getppid() != STARTED_BY:
+        return None
+    try:
+        raw = Path(f"/proc/{STARTED_BY}/cmdline").read_bytes()
+    except OSError:
+        return None
+    words = [w.decode(errors="replace") for w in raw.split(b"\0") if w]
+    for at, word in enumerate(words[:2]):
+        if Path(word).name in LAUNCHERS:
+            return words[at:]
+    return None
+
+
 class StopRequest:
-    """Installs SIGINT/SIGTERM handlers on enter, restores the previous ones on exit."""
+    """Installs SIGINT/SIGTERM handlers on enter, restores the previous ones on exit. Until
+    `training()` a signal raises Interrupted; from then on it asks the loop to stop and save."""
 
     def __init__(self) -> None:
         self.requested = False
         self.signal_name = ""
+        self.signum = 0
+        self.saved_to: Path | None = None  # the checkpoint written on the way out
+        self.stopped_at = 0  # its step
+        self._saving_allowed = False
+        self._first = 0.0
         self._previous: dict[int, object] = {}
 
+    @property
+    def exit_code(self) -> int:
+        """130 after Ctrl-C, 143 after SIGTERM, so that `make train && ...` stops; 0 under an
+        elastic agent, which would report a saved stop as a failed worker."""
+        if not self.requested or not self.signum or under_elastic_agent():
+            return 0
+        return 128 + self.signum
+
+    def told_by_another(self) -> None:
+        """Another process of the run was signalled (their all-reduce said so): stop too."""
+        if not self.requested:
+            self.requested, self.signal_name = True, "stopped by a signal to another process"
+
+    def training(self) -> None:
+        """From now on a checkpoint is worth saving: a signal asks for one."""
+        self._saving_allowed = True
+
     def _handle(self, signum, frame) -> None:
+        if not self._saving_allowed:
+            raise Interrupted(signum)
         if self.requested:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt  # second Ctrl-C: abort now
-            return  # e.g. the launcher dying of the Ctrl-C that reached us too: already stopping
+            repeat = time.monotonic() - self._first < REPEAT_SECONDS
+            if signum == signal.SIGINT and not repeat:
+                raise Interrupted(signum)  # Ctrl-C again: abort now
+            return  # a launcher passing the signal on, or SIGTERM after Ctrl-C: already stopping
         self.requested = True
         self.signal_name = signal.Signals(signum).name
+        self.signum = signum
+        self._first = time.monotonic()
         try:  # stderr may be a pipe whose reader died with the launcher
             print(
                 f"\n{self.signal_name} received: finishing this step, then saving a checkpoint "

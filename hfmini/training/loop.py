@@ -202,12 +202,12 @@ def average_window_scale(run: Run) -> float:
 
 
 def stop_requested(run: Run, stop: StopRequest, saved: bool) -> bool:
-    """Did any process get a signal? If so, checkpoint (unless this step just did) and say how
-    to resume. Asked once per step."""
+    """Did any process get a signal? If so, checkpoint (unless this step just did). Asked once
+    per step."""
     requested = stop_agreed(run, stop)
     if requested:
         with run.clock.paused():
-            save_to_resume(run, saved)
+            save_to_resume(run, saved, stop)
     return requested
 
 

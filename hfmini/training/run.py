@@ -94,7 +94,14 @@ def stop_agreed(run: Run, stop: StopRequest) -> bool:
     acc = run.accelerator
     if stop.requested:
         acc.set_trigger()
-    return acc.check_trigger() if acc.num_processes > 1 else stop.requested
+    if acc.num_processes == 1:
+        return stop.requested
+    # The all-reduce's answer, never this process's flag alone: a signal landing between the two
+    # lines above must wait for the next question, or this process would stop and the others not.
+    if not acc.check_trigger():
+        return False
+    stop.told_by_another()  # so that rank 0 reports the checkpoint whoever was signalled
+    return True
 
 
 def check_finite(run: Run) -> None:
@@ -135,13 +142,9 @@ def save(run: Run) -> Path:
     return path
 
 
-def save_to_resume(run: Run, saved: bool) -> None:
-    """Checkpoint (unless `saved`: this step's is on disk) and say how to resume."""
+def save_to_resume(run: Run, saved: bool, stop: StopRequest) -> None:
+    """Checkpoint (unless `saved`: this step's is on disk) and note it in `stop`, whose owner
+    prints how to resume once everything is closed (trainer.py)."""
     check_finite(run)
-    path = save(run) if not saved else list_checkpoints(run.config.train.output_dir)[-1]
-    logger.info(
-        "stopped at step %d; checkpoint saved to %s. Resume with the same command plus "
-        "--resume_from_checkpoint latest",
-        run.state.step,
-        path,
-    )
+    stop.saved_to = save(run) if not saved else list_checkpoints(run.config.train.output_dir)[-1]
+    stop.stopped_at = run.state.step
