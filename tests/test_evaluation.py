@@ -103,6 +103,6 @@ def test_a_folder_without_tokenizer_is_one_line(tmp_path, capsys):
     for command in ("eval", "generate"):
         assert cli_main([command, str(folder)]) == 2
         assert capsys.readouterr().err.strip().splitlines() == [
-            f"error: {folder} holds no tokenizer (tokenizer.json or vocab.json): copy the "
-            "tokenizer files of the run the model came from into it, or export the model again"
+            f"error: {folder} has no tokenizer (no tokenizer.json or tokenizer_config.json): "
+            "copy the tokenizer files of the model it came from into it, or export the model again"
         ]

@@ -24,7 +24,6 @@ from hfmini.run_folder import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     STATE_FILE,
-    TOKENIZER_FILE,
     TRAINING_CONFIG_FILE,
     list_checkpoints,
     weights_readable,
@@ -323,11 +322,6 @@ def fit_to_tokenizer(model, tokenizer, model_args) -> list[int]:
     return new_ids
 
 
-# The files a tokenizer's vocabulary can come from: fast (tokenizers), GPT-2's slow pair,
-# sentencepiece.
-TOKENIZER_VOCAB_FILES = (TOKENIZER_FILE, "vocab.json", "tokenizer.model", "spiece.model")
-
-
 def load_for_inference(model_dir: str | Path):
     """(model, tokenizer) of a folder for generation and scoring: an hfmini output_dir, a
     checkpoint, any save_pretrained folder, or a LoRA adapter folder (merged into its base)."""
@@ -341,15 +335,8 @@ def load_for_inference(model_dir: str | Path):
         source = resolve(str(path))
     else:
         recorded = check_model_folder(path)
-        check_has_tokenizer(str(path))
         source = ModelSource(str(path), str(path), True, AutoConfig.from_pretrained(path))
-    # Without its files transformers 5 builds an empty GPT-2 tokenizer (one token), which
-    # then scores and generates nothing without a word: refused here instead.
-    if not any((path / name).is_file() for name in TOKENIZER_VOCAB_FILES):
-        raise HfminiError(
-            f"{model_dir} holds no tokenizer ({TOKENIZER_FILE} or vocab.json): copy the "
-            "tokenizer files of the run the model came from into it, or export the model again"
-        )
+    check_has_tokenizer(str(path), "or export the model again")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError, TypeError, KeyError) as err:

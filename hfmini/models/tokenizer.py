@@ -74,15 +74,17 @@ TOKENIZER_FILES = (
 )
 
 
-def check_has_tokenizer(name: str) -> None:
+def check_has_tokenizer(
+    name: str, fix: str = "or set --tokenizer_name to a folder that has them"
+) -> None:
     """A local model folder without tokenizer files: transformers would build something from
-    config.json alone that reads every text as a token or two."""
+    config.json alone that reads every text as a token or two (transformers 5: an empty GPT-2
+    tokenizer of one token)."""
     folder = Path(name)
     if folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
         raise HfminiError(
             f"{folder} has no tokenizer (no tokenizer.json or tokenizer_config.json): copy the "
-            "tokenizer files of the model it came from into it, or set --tokenizer_name to a "
-            "folder that has them"
+            f"tokenizer files of the model it came from into it, {fix}"
         )
 
 
