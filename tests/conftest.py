@@ -160,6 +160,31 @@ def tmpfs(path: Path, size: str, read_only: bool = False):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+def run_command(command: list[str]) -> subprocess.CompletedProcess:
+    """A command from the repository root, its output captured as text, unbuffered, with ten
+    minutes at most."""
+    return subprocess.run(
+        command,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def torchrun_command(*args: str, processes: int = 2) -> list[str]:
+    """The training script as `processes` gloo data-parallel processes on this machine."""
+    return [
+        str(BIN / "torchrun"),
+        "--standalone",
+        "--nproc_per_node",
+        str(processes),
+        str(TRAIN_SCRIPT),
+        *args,
+    ]
+
+
 def launch_command(*args: str) -> list[str]:
     """The training script under `accelerate launch -q`, one process on the CPU, as `make train`
     ran it before it dropped the launcher (people still type it)."""

@@ -3,12 +3,12 @@ optimizer state start a new run with a fresh schedule; resume stays strict."""
 
 import json
 import shutil
-import subprocess
+import sys
 
 import pytest
 import torch
 import yaml
-from conftest import REPO, launch_command, tiny_run_args, train_error, write_lines
+from conftest import TRAIN_SCRIPT, run_command, tiny_run_args, train_error, write_lines
 from safetensors.torch import load_file
 
 from hfmini.config import parse_config
@@ -144,15 +144,11 @@ def test_a_continued_run_resumes_strictly(tmp_path, first_run, capsys):
 
 
 @pytest.mark.slow
-def test_continue_through_the_launcher(tmp_path, first_run):
+def test_continue_through_the_readme_command(tmp_path, first_run):
     out = tmp_path / "launched"
     args = tiny_run_args(out, 2, *corpus_args(tmp_path, "second", 7), "--block_size", "32")
-    done = subprocess.run(
-        launch_command(*args, "--init_from_checkpoint", str(first_run)),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = run_command(
+        [sys.executable, str(TRAIN_SCRIPT), *args, "--init_from_checkpoint", str(first_run)]
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "continued from checkpoint" in done.stderr

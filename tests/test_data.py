@@ -43,24 +43,20 @@ def test_split_document_is_lossless(length):
     assert all(len(p) <= CHUNK_CHARS for p in pieces)
 
 
-def test_split_before_blank_lines_keeps_the_tokenization():
+@pytest.mark.parametrize(
+    "text, cut_before",
+    [
+        (("ROMEO:\nSoft, what light " * 3 + "breaks?\n\n") * 100, "\n\n"),
+        # One line without a line break at all: cut before a space.
+        ("Soft, what  light through yonder window 42 breaks? " * 200, " "),
+    ],
+    ids=["before-blank-lines", "one-long-line-before-spaces"],
+)
+def test_pieces_of_a_document_keep_its_tokenization(text, cut_before):
     from hfmini.models.tokenizer import train_tokenizer
 
-    text = ("ROMEO:\nSoft, what light " * 3 + "breaks?\n\n") * 100
     pieces = split_document(text, max_chars=1000)
-    assert len(pieces) > 5 and all(p.startswith("\n\n") for p in pieces[1:])
-    tokenizer = train_tokenizer(iter([text]), 300, 64)
-    whole = tokenizer(text, add_special_tokens=False)["input_ids"]
-    parts = [i for p in pieces for i in tokenizer(p, add_special_tokens=False)["input_ids"]]
-    assert parts == whole
-
-
-def test_one_long_line_is_cut_before_spaces_and_keeps_the_tokenization():
-    from hfmini.models.tokenizer import train_tokenizer
-
-    text = "Soft, what  light through yonder window 42 breaks? " * 200  # no line break at all
-    pieces = split_document(text, max_chars=1000)
-    assert len(pieces) > 5 and all(p.startswith(" ") for p in pieces[1:])
+    assert len(pieces) > 5 and all(p.startswith(cut_before) for p in pieces[1:])
     tokenizer = train_tokenizer(iter([text]), 300, 64)
     whole = tokenizer(text, add_special_tokens=False)["input_ids"]
     parts = [i for p in pieces for i in tokenizer(p, add_special_tokens=False)["input_ids"]]

@@ -1,7 +1,6 @@
 """Scale-out paths that can run on a CPU: real gloo data parallel, precision and memory options."""
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -9,12 +8,13 @@ from pathlib import Path
 
 import pytest
 from conftest import (
-    BIN,
     REPO,
     TRAIN_SCRIPT,
     assert_eval_reproduces_report,
     reset_accelerate,
+    run_command,
     tiny_run_args,
+    torchrun_command,
 )
 from safetensors.torch import load_file
 
@@ -43,7 +43,6 @@ def test_torchrun_two_cpu_processes_form_one_data_parallel_job(tmp_path, kind, t
     and gradients are averaged. Independent copies (the Accelerator(cpu=False) bug) would each
     train on 4 blocks and differ. In fp32: bf16 rounds differently when the batch is split.
     LoRA: the adapters of a fine-tuned base (without dropout, whose draws differ per rank)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     def common(output_dir, *overrides):
         if kind == "scratch":
@@ -51,22 +50,12 @@ def test_torchrun_two_cpu_processes_form_one_data_parallel_job(tmp_path, kind, t
         lora = ("--logging_steps", "2", "--use_peft", "true", "--lora_dropout", "0")
         return tiny_run_args(output_dir, 8, *lora, *overrides, finetune_from=tiny_base)
 
-    two = subprocess.run(
-        [
-            str(BIN / "torchrun"),
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(TRAIN_SCRIPT),
+    two = run_command(
+        torchrun_command(
             *common(
                 tmp_path / "two", "--mixed_precision", "no", "--per_device_train_batch_size", "4"
-            ),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+            )
+        )
     )
     assert two.returncode == 0, two.stderr[-3000:]
     assert "processes: 2 (MULTI_CPU" in two.stderr
@@ -208,14 +197,7 @@ def test_torchrun_processes_agree_when_a_time_budget_ends_the_run(tmp_path):
         "--per_device_train_batch_size",
         "4",
     )
-    two = subprocess.run(
-        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(TRAIN_SCRIPT), *args],
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    two = run_command(torchrun_command(*args))
     assert two.returncode == 0, two.stderr[-3000:]
     assert "0.15 minutes of training, whichever comes first" in two.stderr
     assert re.search(r"trained \d+ steps \(\d+\.\d+M tokens\) in 0\.\d minutes", two.stderr)

@@ -4,12 +4,10 @@ every process, and divides by their label count, as transformers' Trainer does
 (num_items_in_batch over the window, average_tokens_across_devices)."""
 
 import json
-import os
 import random
-import subprocess
 
 import pytest
-from conftest import BIN, REPO, TRAIN_SCRIPT, tiny_run_args
+from conftest import run_command, tiny_run_args, torchrun_command
 from safetensors.torch import load_file
 from test_sft import WORDS, write_jsonl
 
@@ -97,15 +95,7 @@ def test_the_split_of_a_step_into_micro_batches_does_not_change_the_weights(tmp_
 def test_two_processes_weigh_every_answer_token_like_one(tmp_path):
     """2 torchrun processes × 4 rows against 1 process × 8 rows, on uneven answers: the label
     count is summed over the processes before it divides, so both land on the same weights."""
-    two = subprocess.run(
-        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(TRAIN_SCRIPT)]
-        + step_args(tmp_path, "two", 4, 1, "--packing", "false"),
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    two = run_command(torchrun_command(*step_args(tmp_path, "two", 4, 1, "--packing", "false")))
     assert two.returncode == 0, two.stderr[-3000:]
     assert "4 per device × 1 accumulation × 2 processes" in two.stderr
     whole = weights_after_one_step(tmp_path, "one", 8, 1, "--packing", "false")
