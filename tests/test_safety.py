@@ -192,7 +192,10 @@ def test_resume_with_changed_training_settings_is_refused(stopped_run, data_args
             parse_config(data_args(stopped_run, "--resume_from_checkpoint", "latest", *change))
         )
     assert listed in str(refused.value)
-    assert "--model_name_or_path CHECKPOINT with another output_dir" in str(refused.value)
+    assert (
+        "--init_from_checkpoint CHECKPOINT (its weights and optimizer state, a fresh schedule) with another output_dir"
+        in str(refused.value)
+    )
 
 
 def test_a_checkpoint_from_before_a_setting_existed_resumes(stopped_run, data_args):
@@ -216,7 +219,7 @@ def test_resume_on_other_data_is_refused(stopped_run, data_args, tmp_path):
     other = write_lines(tmp_path / "other.txt", 150, seed=9)
     args = data_args(stopped_run, "--resume_from_checkpoint", "latest", "--train_file", str(other))
     with pytest.raises(
-        HfminiError, match="data differ from the checkpoint's.*--model_name_or_path"
+        HfminiError, match="data differ from the checkpoint's.*--init_from_checkpoint"
     ):
         run_training(parse_config(args))
 
