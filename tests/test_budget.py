@@ -132,6 +132,7 @@ def test_negative_budget_is_refused():
         parse_config(["--max_train_minutes", "-1"])
 
 
+@pytest.mark.slow
 def test_budget_ends_the_run_annealed_and_records_its_steps(fake_time, tmp_path):
     """12 s of training at 1 s a step: 12 steps, whatever max_steps says; evaluation (every 5
     steps) and checkpoints (every 4) take 100 s each and do not count; the learning rate ends at

@@ -321,6 +321,7 @@ def test_a_line_that_is_not_utf8_is_a_notice_and_the_chat_goes_on(chat_dir, load
     assert done.stderr.decode() == notice + "\n"
 
 
+@pytest.mark.slow
 def test_chat_prints_its_own_lines_only(chat_dir, loaded):
     model, tokenizer = loaded
     reply = ChatSession(model, tokenizer, max_new_tokens=6, temperature=0).reply("hello")

@@ -475,6 +475,7 @@ def test_generate_prompt_that_is_not_utf8(capsys, finished_run):
     assert "--prompt is not valid UTF-8 (byte 0xff at position 6)" in message
 
 
+@pytest.mark.slow
 def test_generate_into_a_pipe_that_closes(finished_run):
     """`hfmini generate ... | head -c 10`: the first bytes, then a quiet end, as `yes | head`."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -54,6 +54,7 @@ def test_max_blocks_limits_the_work():
 # --- `hfmini eval` and `hfmini generate` print their own lines only -----------------------
 
 
+@pytest.mark.slow
 def test_eval_and_generate_print_their_own_lines_only(tmp_path):
     """On a tiny local model: stdout holds the command's output, stderr nothing at all (no
     "Loading weights" bar, no datasets progress, no attention-mask warning)."""
