@@ -64,14 +64,19 @@ def human_bytes(count: int) -> str:
     return f"{count:.1f} GB"
 
 
+def room_left(folder: str | Path, needed: int | None = None) -> list[str]:
+    """["needs 54.9 KB", "8.2 KB free"]: the room a write needed (when known) and what is left."""
+    free = free_bytes(folder)
+    room = [f"needs {human_bytes(needed)}"] if needed is not None else []
+    return room + ([f"{human_bytes(free)} free"] if free is not None else [])
+
+
 def no_space(
     what: str, folder: str | Path, needed: int | None = None, then: str = ""
 ) -> HfminiError:
     """The one line for a full disk: what was being written, where, the room it needed (when
     known) and what is left there; `then` says what to run once there is room."""
-    free = free_bytes(folder)
-    room = [f"needs {human_bytes(needed)}"] if needed is not None else []
-    room += [f"{human_bytes(free)} free"] if free is not None else []
+    room = room_left(folder, needed)
     shown = f" ({', '.join(room)})" if room else ""
     return HfminiError(
         f"no space left on device for {what} in {folder}{shown}: free disk space there{then}"

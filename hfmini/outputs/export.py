@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from hfmini.config import DEFAULT_MAX_NEW_TOKENS, SAMPLING_DEFAULTS
-from hfmini.errors import HfminiError, disk_full, free_bytes, human_bytes
+from hfmini.errors import HfminiError, disk_full, room_left
 from hfmini.models.chat_template import stop_token_ids
 from hfmini.models.size import context_length
 from hfmini.models.tokenizer import save_tokenizer
@@ -154,9 +154,7 @@ def atomic_export(output_dir: str | Path, needed: int | None = None):
             raise
         shutil.rmtree(tmp, ignore_errors=True)  # first: the free space below counts its room
         if full:
-            room = [f"needs about {human_bytes(needed)}"] if needed else []
-            free = free_bytes(output_dir)
-            room += [f"{human_bytes(free)} free"] if free is not None else []
+            room = room_left(output_dir, needed or None)
             reason = "; ".join(["No space left on device", *room])
         else:
             reason = err.strerror or str(err)
