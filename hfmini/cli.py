@@ -187,8 +187,13 @@ def cmd_push(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    own_process = argv is None  # the console script: this process's command line is ours
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
+        if own_process:  # Ctrl-C during the imports below ends on one line, as train.py's does
+            from hfmini.training.interrupt import interrupt_during_startup
+
+            interrupt_during_startup()
         # Imported when the command runs: torch and transformers load only then.
         from hfmini.training.trainer import main as train_main
 

@@ -7,14 +7,11 @@ torchrun --standalone --nproc_per_node 2 recipes/train.py --config recipes/tiny/
 
 import sys
 
-from hfmini.training.interrupt import Interrupted, interrupt_during_startup, stop_with_launcher
+from hfmini.training.interrupt import interrupt_during_startup, stop_with_launcher
 
 if __name__ == "__main__":
     interrupt_during_startup()  # first: Ctrl-C during the imports ends on one line
     stop_with_launcher()  # should the launcher die during the imports, so do we
-    try:
-        from hfmini.training.trainer import main
-    except Interrupted as err:
-        print(f"{err.args[0]}: stopped before training began, nothing saved", file=sys.stderr)
-        sys.exit(err.exit_code)
+    from hfmini.training.trainer import main
+
     sys.exit(main())

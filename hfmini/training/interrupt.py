@@ -18,6 +18,7 @@ is therefore `python recipes/train.py`, which no launcher can cut short (docs/ru
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import shlex
@@ -46,15 +47,47 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum  # as a shell reports a process killed by the signal
 
 
-def raise_interrupted(signum, frame) -> None:
-    raise Interrupted(signum)
+def exit_before_training(signum, frame) -> None:
+    """A signal during the imports: one line and out, now. Raising instead would surface inside
+    whichever module is half-imported, where a library may swallow it and leave a broken module
+    behind (numpy's lazy `dtypes` then recursed until Python gave up). Nothing is written before
+    the imports end, so there is nothing for cleanup to do."""
+    name = signal.Signals(signum).name
+    end_process(f"{name}: stopped before training began, nothing saved", 128 + signum)
+
+
+def exit_after_training(signum, frame) -> None:
+    """A signal once the run has ended (its last line is said, or being said): the process is
+    only winding down, so leave at once and quietly, as a shell-killed process would."""
+    end_process("", 128 + signum)
+
+
+def end_process(line: str, code: int) -> None:
+    try:  # stderr may be a pipe whose reader died with the launcher
+        if line:
+            print(line, file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(code)
 
 
 def interrupt_during_startup() -> None:
-    """recipes/train.py's first call: a signal during the imports raises Interrupted, which the
-    script turns into one line (a traceback of half-imported transformers helps nobody)."""
+    """The first call of a process whose command is ours (recipes/train.py, `hfmini train`):
+    until training's own handling is in place, a signal ends it on one line (a traceback of
+    half-imported transformers helps nobody); once that handling is done, silently."""
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, raise_interrupted)
+        signal.signal(signum, exit_before_training)
+    # Registered first, so run last: when Python tears itself down after the exit functions it
+    # puts back the default action of every signal it handled, and a second Ctrl-C close
+    # behind the first would kill the process there (-2, not 130). Ignored signals stay ignored.
+    atexit.register(ignore_signals_from_here)
+
+
+def ignore_signals_from_here() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def launched() -> bool:
@@ -181,4 +214,6 @@ class StopRequest:
 
     def __exit__(self, *exc) -> None:
         for signum, handler in self._previous.items():
+            if handler is exit_before_training and self._saving_allowed:
+                handler = exit_after_training  # the run is over: a late Ctrl-C just ends it
             signal.signal(signum, handler)

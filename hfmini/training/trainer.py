@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         with stop:
             config = parse_config(argv)
             metrics = run_training(config, stop)
+            if stop.requested and not metrics:
+                # Said while the handling is in place: a launcher's repeat of the signal, or a
+                # second Ctrl-C close behind the first, must not cut the resume line short.
+                return stopped(stop)
     except HfminiError as err:
         # A mistake in the settings is the same on every process: rank 0 says it once.
         if config is not None or os.environ.get("RANK", "0") == "0":
@@ -72,8 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as err:
         return interrupted(err, stop)
-    if stop.requested and not metrics:
-        return stopped(stop)
     if metrics:
         before = metrics.get("start_bits_per_byte")
         logger.info(
@@ -101,7 +103,9 @@ def stopped(stop: StopRequest) -> int:
 def interrupted(err: KeyboardInterrupt, stop: StopRequest) -> int:
     """A signal before the first step, or Ctrl-C pressed again: one line, 128 + the signal."""
     name, code = (err.args[0], err.exit_code) if isinstance(err, Interrupted) else ("SIGINT", 130)
-    if stop.requested:
+    if stop.saved_to is not None:  # pressed again while the resume line was being written
+        stopped(stop)
+    elif stop.requested:
         print(f"{name}: aborted without saving", file=sys.stderr, flush=True)
     else:
         print(f"{name}: stopped before training began, nothing saved", file=sys.stderr)
