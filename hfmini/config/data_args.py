@@ -91,6 +91,21 @@ class DataArguments:
         default=True,
         metadata={"help": "messages rows: train on the assistant turns only."},
     )
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "preference rows (prompt, chosen, rejected): tokens of prompt + answer at "
+            "most; an answer is cut from the right to fit. Default: block_size."
+        },
+    )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "preference rows: a longer prompt keeps its last this many tokens (cut from "
+            "the left, as TRL). Default: no cut; a pair whose prompt leaves no room for an "
+            "answer is dropped and counted in the log."
+        },
+    )
     packing: bool = field(
         default=True,
         metadata={
@@ -111,6 +126,19 @@ class DataArguments:
                 f"validation_split_percentage must be between 0 and 100, got "
                 f"{self.validation_split_percentage}"
             )
+        for name in ("max_length", "max_prompt_length"):
+            if getattr(self, name) is not None:
+                require_positive(self, name)
+        if self.max_length is not None and self.max_length > self.block_size:
+            raise HfminiError(
+                f"max_length {self.max_length} is above block_size {self.block_size}, the "
+                "longest sequence a batch holds: lower max_length or raise block_size"
+            )
+        if self.max_prompt_length is not None and self.max_prompt_length >= self.pair_length:
+            raise HfminiError(
+                f"max_prompt_length {self.max_prompt_length} leaves no room for an answer in "
+                f"max_length {self.pair_length}: lower max_prompt_length"
+            )
         if self.preprocessing_num_workers is not None:
             require_positive(self, "preprocessing_num_workers")
         if self.max_eval_samples is not None:
@@ -123,6 +151,11 @@ class DataArguments:
             raise HfminiError("set either dataset_name or train_file, not both")
         if self.chat_template is not None:
             read_chat_template(self.chat_template)  # a missing file or bad Jinja: now, not later
+
+    @property
+    def pair_length(self) -> int:
+        """Preference rows: the most tokens of prompt + answer (max_length, or block_size)."""
+        return self.max_length or self.block_size
 
     def _check_mixture(self) -> None:
         """dataset_mixture replaces the single-source keys; its entries parse (no data read)."""

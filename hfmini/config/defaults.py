@@ -32,3 +32,6 @@ SAMPLING_DEFAULTS: dict[str, float | int] = {"temperature": 0.8, "top_k": 50, "t
 # Tokens generated when no length is given: `hfmini generate` and `chat`, the playground, and the
 # exported generation_config.json (which caps it at half the model's context).
 DEFAULT_MAX_NEW_TOKENS = 200
+
+# Preference losses, under TRL's names (DPOConfig.loss_type; simpo: CPOConfig's).
+PREFERENCE_LOSSES = ("sigmoid", "robust", "ipo", "simpo")

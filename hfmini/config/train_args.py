@@ -7,7 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hfmini.config.checks import require_finite_non_negative, require_positive
-from hfmini.config.defaults import COMPILE_MIN_CPU_MINUTES, COMPILE_MIN_CPU_STEPS, OPTIMIZERS
+from hfmini.config.defaults import (
+    COMPILE_MIN_CPU_MINUTES,
+    COMPILE_MIN_CPU_STEPS,
+    OPTIMIZERS,
+    PREFERENCE_LOSSES,
+)
 from hfmini.errors import HfminiError
 
 
@@ -59,6 +64,38 @@ class TrainArguments:
         },
     )
     muon_momentum: float = field(default=0.95, metadata={"help": "Muon's Nesterov momentum."})
+    loss_type: str = field(
+        default="sigmoid",
+        metadata={
+            "help": "preference rows: sigmoid (DPO), robust (DPO robust to label_smoothing's "
+            "share of flipped pairs), ipo (IPO, length-averaged as TRL) or simpo (SimPO: no "
+            "reference model, length-averaged log-probs, margin simpo_gamma)."
+        },
+    )
+    beta: float = field(
+        default=0.1,
+        metadata={
+            "help": "preference rows: how far the model may move from the reference (DPO's beta; "
+            "IPO's tau; SimPO's reward scale, where 2.0 is usual)."
+        },
+    )
+    label_smoothing: float = field(
+        default=0.0,
+        metadata={
+            "help": "preference rows, loss_type robust or simpo: the share of pairs assumed "
+            "flipped, in [0, 0.5)."
+        },
+    )
+    simpo_gamma: float = field(
+        default=0.5, metadata={"help": "loss_type simpo: the target reward margin (TRL's name)."}
+    )
+    precompute_ref_log_probs: bool = field(
+        default=False,
+        metadata={
+            "help": "preference rows: score every pair with the reference once before training "
+            "and drop the reference model (memory for one model, not two, while training)."
+        },
+    )
     max_grad_norm: float = field(
         default=1.0, metadata={"help": "Clip gradients to this norm; 0: no clipping."}
     )
@@ -159,6 +196,7 @@ class TrainArguments:
     license: str = field(default="apache-2.0", metadata={"help": "License in the model card."})
 
     def __post_init__(self) -> None:
+        self._check_preference()
         for name in (
             "per_device_train_batch_size",
             "per_device_eval_batch_size",
@@ -205,6 +243,30 @@ class TrainArguments:
             raise HfminiError("init_from_checkpoint is empty: give a checkpoint or run folder")
         if self.push_to_hub and not self.hub_model_id:
             raise HfminiError("push_to_hub needs hub_model_id: add --hub_model_id user/name")
+
+    def _check_preference(self) -> None:
+        if self.loss_type not in PREFERENCE_LOSSES:
+            raise HfminiError(
+                f"loss_type {self.loss_type!r} is not one of {', '.join(PREFERENCE_LOSSES)}"
+            )
+        require_finite_non_negative(self, "beta")
+        if self.beta == 0:
+            raise HfminiError("beta must be above 0 (0.1 is DPO's usual value, 2.0 SimPO's)")
+        require_finite_non_negative(self, "simpo_gamma")
+        require_finite_non_negative(self, "label_smoothing")
+        if not self.label_smoothing < 0.5:
+            raise HfminiError(f"label_smoothing must be below 0.5, got {self.label_smoothing}")
+        if self.label_smoothing and self.loss_type not in ("robust", "simpo"):
+            # TRL's sigmoid loss reads no label_smoothing; its robust loss is the smoothed DPO.
+            raise HfminiError(
+                f"label_smoothing has no effect on loss_type {self.loss_type}: use loss_type "
+                "robust (DPO with that share of flipped pairs) or simpo, or drop label_smoothing"
+            )
+
+    @property
+    def needs_reference(self) -> bool:
+        """Does the preference loss compare with a reference model (all but SimPO)?"""
+        return self.loss_type != "simpo"
 
     def device_on(self, cuda: bool, mps: bool) -> str:
         """The device to run on, given what the machine has: "cuda", else "mps" (Apple silicon),

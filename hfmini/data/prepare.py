@@ -26,6 +26,14 @@ import torch
 from hfmini.data.blocks import PreparedData, pack
 from hfmini.data.chunks import chunk_documents, text_bytes
 from hfmini.data.packing import PreparedExamples, SequenceDataset, sequences_of
+from hfmini.data.preference import (
+    PreparedPairs,
+    check_pair_rows,
+    is_preference,
+    pair_rows,
+    pair_text_batch,
+    tokenize_pairs,
+)
 from hfmini.data.readers import expand_data_files, load_local
 from hfmini.data.sft import (
     check_splits,
@@ -115,6 +123,8 @@ def prepare_data(config, resume_path: Path | None = None) -> tuple[PreparedData,
     if config.data.streaming:
         return prepare_stream(config, resume_path)
     raw, origins = load_raw(config.data)
+    if is_preference(raw["train"].column_names):
+        return prepare_pairs(config, raw, origins, resume_path)
     if data_format(raw["train"].column_names, config.data.text_column) != "language_modeling":
         return prepare_examples(config, raw, origins, resume_path)
     check_text_column(raw, config.data.text_column, "")
@@ -181,6 +191,65 @@ def prepare_examples(config, raw, origins: dict, resume_path=None) -> tuple[Prep
         pad_id=tokenizer.pad_token_id,
         train_bytes=int(byte_lengths[train.tokens.long()].sum()),
         truncated_examples=truncated,
+        dropped_train_tokens=cut,
+    )
+    return prepared, tokenizer
+
+
+def prepare_pairs(config, raw, origins: dict, resume_path=None) -> tuple[PreparedPairs, Any]:
+    """The data stage for preference rows (prompt, chosen, rejected), top to bottom."""
+    data_args = config.data
+    conversational = check_pair_rows(raw, origins)
+    implicit = "prompt" not in raw["train"].column_names
+    splits = hold_out_validation(raw, data_args.validation_split_percentage, "rows")
+    texts = splits["train"].map(
+        pair_text_batch,
+        batched=True,
+        remove_columns=splits["train"].column_names,
+        desc="Collecting text for the tokenizer",
+    )
+    tokenizer = tokenizer_for_run(config.model, texts, config.context_length(), resume_path)
+    origin = apply_template(tokenizer, data_args.chat_template) if conversational else "none needed"
+    logger.info(
+        "data: preference pairs (%s%s) for loss_type %s; chat template: %s",
+        "conversational" if conversational else "standard",
+        ", implicit prompt: the shared beginning" if implicit else "",
+        config.train.loss_type,
+        origin,
+    )
+    tokenized = tokenize_pairs(
+        splits,
+        tokenizer,
+        data_args.pair_length,
+        data_args.max_prompt_length,
+        data_args.preprocessing_num_workers,
+    )
+    train, cut = pair_rows(tokenized["train"], "train")
+    validation, _ = pair_rows(tokenized["validation"], "validation")
+    dropped = splits["train"].num_rows - len(train)
+    logger.info(
+        "pairs: %d train, %d validation, prompt + answer at most %d tokens%s",
+        len(train),
+        len(validation),
+        data_args.pair_length,
+        f"; {cut} answer tokens cut to fit" if cut else "",
+    )
+    if dropped or splits["validation"].num_rows - len(validation):
+        logger.warning(
+            "dropped %d train and %d validation pairs whose prompt leaves no room for an answer "
+            "in max_length %d: raise max_length or set max_prompt_length to keep them",
+            dropped,
+            splits["validation"].num_rows - len(validation),
+            data_args.pair_length,
+        )
+    byte_lengths = torch.tensor(token_byte_lengths(tokenizer), dtype=torch.int64)
+    prepared = PreparedPairs(
+        train_pairs=train,
+        eval_pairs=validation,
+        block_size=data_args.pair_length,
+        pad_id=tokenizer.pad_token_id,
+        train_bytes=int(byte_lengths[train.rows.tokens.long()].sum()),
+        dropped_pairs=dropped,
         dropped_train_tokens=cut,
     )
     return prepared, tokenizer

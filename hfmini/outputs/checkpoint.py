@@ -60,6 +60,7 @@ class TrainState:
     # The logging window at save time, so the first loss logged after a resume is exact.
     loss_since_log: float = 0.0  # summed item losses since the last logged step (this process)
     items_since_log: int = 0  # the items (label tokens) they sum over
+    metrics_since_log: dict = dataclasses.field(default_factory=dict)  # the objective's other sums
     batches_since_log: int = 0
     # What the run is, so that a resume with other settings or data is refused.
     settings: dict = dataclasses.field(default_factory=dict)  # training_settings(config)

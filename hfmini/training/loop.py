@@ -17,6 +17,7 @@ import torch
 from accelerate.utils import is_compiled_module
 from tqdm.auto import tqdm
 
+from hfmini.data.preference import PREFERENCE_FORMAT
 from hfmini.models.device import without_compile
 from hfmini.training.interrupt import StopRequest
 from hfmini.training.run import Run, check_finite, save, save_to_resume, stop_agreed
@@ -127,6 +128,10 @@ def training_step(run: Run, batch: dict[str, torch.Tensor]) -> bool:
         )
         window.loss_sum += loss.total.detach()
         window.items += loss.items
+        for name, value in loss.metrics.items():
+            if name not in window.metric_sums:
+                window.metric_sums[name] = torch.zeros((), device=value.device)
+            window.metric_sums[name] += value
         window.step_items += loss.items
         window.micro_batches += 1
         if acc.sync_gradients:
@@ -152,9 +157,11 @@ def training_step(run: Run, batch: dict[str, torch.Tensor]) -> bool:
 
 
 def nominal_items(run: Run) -> int:
-    """The items of an optimizer step of full blocks over every process: B × (T - 1) × GA × P."""
+    """The items of an optimizer step of full blocks over every process: B × (T - 1) × GA × P
+    label tokens; of preference pairs, B × GA × P pairs."""
     args = run.config.train
-    per_batch = args.per_device_train_batch_size * (run.data.block_size - 1)
+    per_row = 1 if run.data.format == PREFERENCE_FORMAT else run.data.block_size - 1
+    per_batch = args.per_device_train_batch_size * per_row
     return per_batch * args.gradient_accumulation_steps * run.accelerator.num_processes
 
 
@@ -234,10 +241,15 @@ def on_step_end(run: Run, progress, stop: StopRequest) -> bool:
 def log_training(run: Run, progress) -> None:
     """Loss, learning rate, gradient norm, tokens/s and MFU of the window; then restart it."""
     acc, state, window = run.accelerator, run.state, run.window
-    sums = torch.stack([window.loss_sum.float(), window.items.float()])  # summed loss, items
+    names = sorted(window.metric_sums)
+    # (2 + metrics,) summed loss, items, and the objective's other sums
+    sums = torch.stack(
+        [window.loss_sum.float(), window.items.float()]
+        + [window.metric_sums[name].float() for name in names]
+    )
     if acc.num_processes > 1:
         sums = acc.reduce(sums, reduction="sum")
-    loss_sum, items = sums.tolist()  # host sync
+    loss_sum, items, *others = sums.tolist()  # host sync
     loss = loss_sum / max(1.0, items)  # the token-weighted mean over the window
     tokens_per_second = window.tokens / max(time.perf_counter() - window.started, 1e-9)
     metrics = {
@@ -253,9 +265,16 @@ def log_training(run: Run, progress) -> None:
             state.epoch, state.batches_in_epoch, run.batches_per_epoch
         ),
     }
+    extra = {name: value / max(1.0, items) for name, value in zip(names, others, strict=True)}
+    metrics.update({f"train/{name}": value for name, value in extra.items()})
     run.run_logger.log(metrics, step=state.step)
     # With a time budget the bar counts percent of the run, so the step goes beside it.
     step = {"step": state.step} if run.length.has_budget else {}
+    if "rewards/accuracies" in extra:  # preference pairs: how often chosen wins, and by how much
+        step |= {
+            "acc": f"{extra['rewards/accuracies']:.2f}",
+            "margin": f"{extra['rewards/margins']:.3f}",
+        }
     progress.set_postfix(
         **step,
         loss=f"{loss:.3f}",

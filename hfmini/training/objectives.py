@@ -7,9 +7,9 @@ step (every micro-batch of the accumulation window, every process) by their item
 item (a label token) weighs alike however the step is split (as transformers' Trainer does with
 num_items_in_batch over the window).
 
-Next-token prediction (`next_token_loss`) is the objective of every run today: text blocks,
-prompt-completion and conversations alike (their labels say which tokens count). Another
-objective (a preference loss, a policy-gradient loss) is a function of the same shape, chosen in
+Next-token prediction (`next_token_loss`) is the objective of text blocks, prompt-completion
+and conversations alike (their labels say which tokens count); preference pairs take a pair loss
+(training/preference.py: its items are pairs). Each is a callable of the same shape, chosen in
 `objective_for`; the loop around it — accumulation, clipping, the time budget, checkpoints and
 exact resume, the weight average, tracking — stays shared.
 """
@@ -17,7 +17,7 @@ exact resume, the weight average, tracking — stays shared.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,7 +30,10 @@ class LossSum:
     """A micro-batch's loss as a sum over its items, and how many items it sums over."""
 
     total: torch.Tensor  # () the summed loss
-    items: torch.Tensor  # () the item count (label tokens), on the device: no host sync
+    items: torch.Tensor  # () the item count (label tokens, or pairs), on the device: no host sync
+    # More sums over the same items, logged as train/<name> divided by the items (a preference
+    # loss's rewards and log-probs); detached.
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 Objective = Callable[[torch.nn.Module, dict[str, torch.Tensor]], LossSum]
@@ -61,6 +64,12 @@ def next_token_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> L
     return LossSum(total, label_count(batch))
 
 
-def objective_for(config: Config) -> Objective:
-    """The run's objective; next-token prediction for every kind of data hfmini trains on now."""
+def objective_for(config: Config, data_format: str, reference=None) -> Objective:
+    """The run's objective: a preference loss on preference pairs (training/preference.py, with
+    its reference module or None), next-token prediction on everything else."""
+    from hfmini.data.preference import PREFERENCE_FORMAT
+    from hfmini.training.preference import PreferenceObjective
+
+    if data_format == PREFERENCE_FORMAT:
+        return PreferenceObjective(config, reference)
     return next_token_loss

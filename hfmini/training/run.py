@@ -44,6 +44,8 @@ class LogWindow:
     step_items: torch.Tensor  # () items of the optimizer step being accumulated, this process
     first_bad_step: torch.Tensor  # () first optimizer step whose loss was not finite; -1: none
     grad_norm: torch.Tensor | None = None  # () the latest optimizer step's gradient norm
+    # The objective's other sums since the last log (LossSum.metrics), this process.
+    metric_sums: dict[str, torch.Tensor] = field(default_factory=dict)
     micro_batches: int = 0
     tokens: int = 0  # over all processes
     started: float = field(default_factory=time.perf_counter)
@@ -51,6 +53,8 @@ class LogWindow:
     def restart(self) -> None:
         self.loss_sum.zero_()
         self.items.zero_()
+        for value in self.metric_sums.values():
+            value.zero_()
         self.micro_batches = self.tokens = 0
         self.started = time.perf_counter()
 
@@ -63,7 +67,7 @@ class Run:
     config: Config
     accelerator: Accelerator
     model: torch.nn.Module  # prepared (DDP/FSDP/compiled) model used for training steps
-    objective: Callable[[torch.nn.Module, dict], torch.Tensor]  # the batch's loss (objectives.py)
+    objective: Callable[[torch.nn.Module, dict], object]  # the batch's LossSum (objectives.py)
     optimizer: torch.optim.Optimizer
     scheduler: LRScheduler
     train_loader: DataLoader
@@ -122,6 +126,7 @@ def save(run: Run) -> Path:
     state, args = run.state, run.config.train
     state.loss_since_log = float(run.window.loss_sum.item())
     state.items_since_log = int(run.window.items.item())
+    state.metrics_since_log = {k: float(v.item()) for k, v in run.window.metric_sums.items()}
     state.batches_since_log = run.window.micro_batches
     state.train_seconds = run.clock.seconds()
     path = save_checkpoint(

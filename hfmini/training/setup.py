@@ -16,6 +16,7 @@ from accelerate.utils import set_seed
 
 from hfmini.cache import check_cache_writable
 from hfmini.config import Config
+from hfmini.data.preference import PREFERENCE_FORMAT
 from hfmini.data.prepare import prepare_data
 from hfmini.data.training_data import TrainingData
 from hfmini.errors import HfminiError
@@ -56,6 +57,7 @@ from hfmini.training.budget import Progress, RunLength, TrainClock, run_length
 from hfmini.training.ema import weight_average_for
 from hfmini.training.objectives import objective_for
 from hfmini.training.optimizers import build_optimizer
+from hfmini.training.preference import frozen_reference
 from hfmini.training.run import LogWindow, Run
 from hfmini.training.schedule import build_scheduler
 from hfmini.training.throughput import peak_flops
@@ -84,6 +86,12 @@ def setup(config: Config) -> Run:
     model = model_for_run(
         config, tokenizer, source, attention_for(accelerator.device, accelerator.mixed_precision)
     )
+    reference = None
+    if data.format == PREFERENCE_FORMAT:
+        check_reference_possible(config, accelerator, init_path)
+        # A frozen copy of the starting weights, made before a checkpoint is loaded into the
+        # model (None with LoRA or SimPO).
+        reference = frozen_reference(config, model)
     per_token = flops_per_token(model, data.block_size)
     optimizer = build_optimizer(model, args)
     loader = data.train_loader(args.per_device_train_batch_size, args.seed)
@@ -95,6 +103,8 @@ def setup(config: Config) -> Run:
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     else:  # each process reads its own part of the data
         model, optimizer = accelerator.prepare(model, optimizer)
+    if reference is not None:
+        reference.to(accelerator.device)
     save_weights_as_model(accelerator, tokenizer)
     if init_path is not None and resume_path is None:  # before the schedule reads the rate
         load_for_new_run(accelerator, model, optimizer, init_path)
@@ -111,7 +121,7 @@ def setup(config: Config) -> Run:
         config=config,
         accelerator=accelerator,
         model=model,
-        objective=objective_for(config),
+        objective=objective_for(config, data.format, reference),
         optimizer=optimizer,
         scheduler=scheduler,
         train_loader=loader,
@@ -124,7 +134,9 @@ def setup(config: Config) -> Run:
         length=length,
         progress=progress,
         clock=TrainClock(state.train_seconds),
-        tokens_per_step=config.tokens_per_step(accelerator.num_processes),
+        # A preference row is two sequences, chosen and rejected, each up to max_length.
+        tokens_per_step=config.tokens_per_step(accelerator.num_processes)
+        * (2 if data.format == PREFERENCE_FORMAT else 1),
         flops_per_token=per_token,
         peak_flops=peak_flops(device, accelerator.mixed_precision),
         state=state,
@@ -134,12 +146,41 @@ def setup(config: Config) -> Run:
             step_items=torch.tensor(0, device=device),
             first_bad_step=torch.tensor(-1, device=device),
             micro_batches=state.batches_since_log,
+            metric_sums={
+                name: torch.tensor(value, device=device)
+                for name, value in state.metrics_since_log.items()
+            },
         ),
         base_model=source.hub_id if source is not None else None,
     )
+    if data.format == PREFERENCE_FORMAT and args.precompute_ref_log_probs and args.needs_reference:
+        precompute_reference(run)
     start_trackers(accelerator, config)
     log_run_start(config, accelerator, data, run.model, length)
     return run
+
+
+def precompute_reference(run: Run) -> None:
+    """precompute_ref_log_probs: every train and held-out pair scored by the reference once,
+    before the first step; the reference module is freed. A resumed run scores them again from
+    the same starting weights, so its numbers are those of the unbroken run."""
+    import time
+
+    started = time.perf_counter()
+    data, acc = run.data, run.accelerator
+    model = acc.unwrap_model(run.model)
+    splits = {
+        "train": (data.train_pairs, data.collate),
+        "validation": (data.eval_pairs, data.collate),
+    }
+    run.objective.precompute(splits, model, run.config.train.per_device_eval_batch_size, acc)
+    logger.info(
+        "reference log-probs of %d train and %d held-out pairs computed in %.1fs; the reference "
+        "model is freed",
+        len(data.train_pairs),
+        len(data.eval_pairs),
+        time.perf_counter() - started,
+    )
 
 
 def check_before_work(
@@ -167,6 +208,24 @@ def check_before_work(
     if args.push_to_hub:
         check_hub_access(args.hub_model_id)
     return resume_path, saved_state, source, init_path
+
+
+def check_reference_possible(config: Config, accelerator, init_path: Path | None) -> None:
+    """A preference loss that compares with a reference model, where none can be kept."""
+    args = config.train
+    if not args.needs_reference:
+        return
+    if is_sharded(accelerator):
+        raise HfminiError(
+            f"loss_type {args.loss_type} keeps a reference model, which FSDP and DeepSpeed do "
+            "not shard yet: train with DDP or one process, or use loss_type simpo"
+        )
+    if init_path is not None:
+        raise HfminiError(
+            f"loss_type {args.loss_type} takes the starting weights as its reference, and "
+            "init_from_checkpoint loads them too late for that: start from the checkpoint's "
+            "weights with --model_name_or_path CHECKPOINT instead, or use loss_type simpo"
+        )
 
 
 def start_process(config: Config, init_path: Path | None = None):

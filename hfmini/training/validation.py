@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from hfmini.config import SAMPLING_DEFAULTS
+from hfmini.data.preference import PREFERENCE_FORMAT
 from hfmini.models.sampling import generate_text
 from hfmini.outputs.export import resume_hint
 from hfmini.outputs.plot import plot_runs
@@ -16,6 +17,7 @@ from hfmini.run_folder import LOSS_CURVE_FILE
 from hfmini.training.accelerator import inference_model
 from hfmini.training.evaluation import score_validation
 from hfmini.training.interrupt import StopRequest
+from hfmini.training.preference import score_pairs
 from hfmini.training.run import Run, stop_agreed
 
 logger = logging.getLogger("hfmini")
@@ -37,6 +39,10 @@ def validate(run: Run, stop: StopRequest, final: bool) -> tuple[dict, list] | No
     metrics = score_validation(model, run.data.validation, batch_size, run.token_bytes, **scoring)
     if metrics is None:
         return None
+    if run.data.format == PREFERENCE_FORMAT:  # the held-out pairs' rewards, beside the drift
+        metrics |= score_pairs(
+            run.objective, model, run.data, batch_size, acc, scoring["max_blocks"]
+        )
     samples = []
     if acc.is_main_process and can_sample_alone:
         for prompt in args.sample_prompts:
@@ -70,6 +76,14 @@ def validate(run: Run, stop: StopRequest, final: bool) -> tuple[dict, list] | No
             metrics["bits_per_byte"],
             time.perf_counter() - started,
         )
+        if "rewards/accuracies" in metrics:
+            logger.info(
+                "step %d: held-out pairs: reward accuracy %.3f, margin %.4f, pair loss %.4f",
+                run.state.step,
+                metrics["rewards/accuracies"],
+                metrics["rewards/margins"],
+                metrics["pair_loss"],
+            )
         for prompt, text in samples:
             logger.info("sample:\n%s%s", prompt, text)
     # Validation time is not training time.
