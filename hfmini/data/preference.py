@@ -36,6 +36,11 @@ PREFERENCE_FORMAT = "preference"
 ANSWERS = ("chosen", "rejected")
 
 
+def sequences_per_row(data_format: str) -> int:
+    """Sequences a training row puts through the model: a pair's two, else one."""
+    return 2 if data_format == PREFERENCE_FORMAT else 1
+
+
 def is_preference(columns: list[str]) -> bool:
     """Rows with chosen and rejected answers; one without the other is an error."""
     has = [name for name in ANSWERS if name in columns]

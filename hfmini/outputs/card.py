@@ -63,12 +63,15 @@ def build_model_card(
     precision: str,
     base_model: str | None = None,
     chat: bool = False,
+    preference: bool = False,
 ) -> ModelCard:
     """The card of a finished run; `precision` is the mixed precision it trained in ("no", "bf16",
     "fp16"), as the run's Accelerator used it; `base_model` the Hub id it was fine-tuned from
     (None: from scratch, or from a local folder that records no Hub id, which the Hub cannot link
     to, named by its folder's name only); `chat`: trained
-    on conversations, with a chat template (usage shows messages; scores are of the answers)."""
+    on conversations, with a chat template (usage shows messages; scores are of the answers);
+    `preference`: tuned on preference pairs (the method and its beta named, the held-out
+    reward accuracy shown)."""
     args = config.train
     data_name, data_text, hub_datasets = describe_data(config.data)
     kind = config.training_kind()
@@ -109,6 +112,16 @@ def build_model_card(
     else:
         summary = f"`{origin}` fine-tuned with hfmini ({how_tuned(config)}) on {data_text}."
         tokenizer_line = f"The tokenizer is `{origin}`'s own."
+    if preference:
+        summary = (
+            f"`{origin}` preference-tuned with hfmini: {preference_method(args)}, "
+            f"{how_tuned(config)}, on pairs of answers from {data_text}."
+        )
+        before += [
+            (f"Held-out reward accuracy{when}", results[f"{prefix}rewards/accuracies"])
+            for prefix, when in (("", ""), ("start_", " of the starting model"))
+            if f"{prefix}rewards/accuracies" in results
+        ]
     if args.init_from_checkpoint:
         start = continued_from(args.init_from_checkpoint)
         summary = summary.replace(" from scratch", "")
@@ -150,6 +163,20 @@ def continued_from(init_from_checkpoint: str) -> str:
     if path.parent.name == "checkpoints":
         return f"{path.parent.parent.name}/{path.name}"
     return path.name or str(path)
+
+
+def preference_method(args) -> str:
+    """The preference loss as papers name it, with its settings."""
+    name = {"sigmoid": "DPO", "robust": "robust DPO", "ipo": "IPO", "simpo": "SimPO"}
+    method = f"{name[args.loss_type]} (loss_type {args.loss_type}, beta={args.beta}"
+    if args.loss_type == "simpo":
+        method += f", simpo_gamma={args.simpo_gamma}"
+    if args.label_smoothing:
+        method += f", label_smoothing={args.label_smoothing}"
+    reference = (
+        "no reference model" if args.loss_type == "simpo" else "the starting model as reference"
+    )
+    return f"{method}; {reference})"
 
 
 def card_tags(kind: str, model_type: str) -> list[str]:

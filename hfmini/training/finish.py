@@ -9,6 +9,7 @@ import logging
 
 import torch
 
+from hfmini.data.preference import PREFERENCE_FORMAT
 from hfmini.models.device import peak_memory_bytes, without_compile
 from hfmini.models.size import count_parameters
 from hfmini.outputs.card import write_model_card
@@ -88,7 +89,14 @@ def export(run: Run, metrics: dict, samples: list[tuple[str, str]]) -> None:
             save_model(model, run.tokenizer, folder, config_dict, results, state_dict=state_dict)
             save_evaluate_results(folder, results, config_dict)
             card = (run.config, results, samples, acc.num_processes, model.config)
-            write_model_card(folder, *card, acc.mixed_precision, run.base_model, chat=run.is_chat)
+            write_model_card(
+                folder,
+                *card,
+                acc.mixed_precision,
+                run.base_model,
+                chat=run.is_chat,
+                preference=run.data.format == PREFERENCE_FORMAT,
+            )
         logger.info("model saved to %s", args.output_dir)
         if args.push_to_hub:
             push_folder(

@@ -64,12 +64,7 @@ def next_token_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> L
     return LossSum(total, label_count(batch))
 
 
-def objective_for(config: Config, data_format: str, reference=None) -> Objective:
-    """The run's objective: a preference loss on preference pairs (training/preference.py, with
-    its reference module or None), next-token prediction on everything else."""
-    from hfmini.data.preference import PREFERENCE_FORMAT
-    from hfmini.training.preference import PreferenceObjective
-
-    if data_format == PREFERENCE_FORMAT:
-        return PreferenceObjective(config, reference)
+def objective_for(config: Config) -> Objective:
+    """The objective of text, prompt-completion and conversations: next-token prediction.
+    (Preference pairs take training/preference.py's PreferenceObjective, chosen in setup.)"""
     return next_token_loss

@@ -16,7 +16,7 @@ from accelerate.utils import set_seed
 
 from hfmini.cache import check_cache_writable
 from hfmini.config import Config
-from hfmini.data.preference import PREFERENCE_FORMAT
+from hfmini.data.preference import PREFERENCE_FORMAT, sequences_per_row
 from hfmini.data.prepare import prepare_data
 from hfmini.data.training_data import TrainingData
 from hfmini.errors import HfminiError
@@ -57,7 +57,7 @@ from hfmini.training.budget import Progress, RunLength, TrainClock, run_length
 from hfmini.training.ema import weight_average_for
 from hfmini.training.objectives import objective_for
 from hfmini.training.optimizers import build_optimizer
-from hfmini.training.preference import frozen_reference
+from hfmini.training.preference import PreferenceObjective, frozen_reference
 from hfmini.training.run import LogWindow, Run
 from hfmini.training.schedule import build_scheduler
 from hfmini.training.throughput import peak_flops
@@ -121,7 +121,11 @@ def setup(config: Config) -> Run:
         config=config,
         accelerator=accelerator,
         model=model,
-        objective=objective_for(config, data.format, reference),
+        objective=(
+            PreferenceObjective(config, reference)
+            if data.format == PREFERENCE_FORMAT
+            else objective_for(config)
+        ),
         optimizer=optimizer,
         scheduler=scheduler,
         train_loader=loader,
@@ -136,7 +140,7 @@ def setup(config: Config) -> Run:
         clock=TrainClock(state.train_seconds),
         # A preference row is two sequences, chosen and rejected, each up to max_length.
         tokens_per_step=config.tokens_per_step(accelerator.num_processes)
-        * (2 if data.format == PREFERENCE_FORMAT else 1),
+        * sequences_per_row(data.format),
         flops_per_token=per_token,
         peak_flops=peak_flops(device, accelerator.mixed_precision),
         state=state,

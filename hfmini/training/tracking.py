@@ -14,6 +14,7 @@ import netrc
 import os
 from pathlib import Path
 
+from hfmini.data.preference import sequences_per_row
 from hfmini.errors import HfminiError, disk_full, no_space
 from hfmini.models.size import context_length, count_parameters
 from hfmini.outputs.export import resume_hint
@@ -149,7 +150,8 @@ def start_trackers(accelerator, config) -> None:
 def log_run_start(config, accelerator, data, model, length) -> None:
     """The three lines that describe a run before its first step: model, data, batch."""
 
-    tokens_per_step = config.tokens_per_step(accelerator.num_processes)
+    rows = sequences_per_row(data.format)
+    tokens_per_step = config.tokens_per_step(accelerator.num_processes) * rows
     plain = accelerator.unwrap_model(model, keep_torch_compile=False)
     shape = plain.config
     total = count_parameters(plain, trainable_only=False)
@@ -185,7 +187,7 @@ def _log_batch(config, accelerator, data, tokens_per_step: int, length) -> None:
     )
     logger.info(
         "processes: %d (%s on %s); global batch: %d per device × %d accumulation × %d processes "
-        "= %d blocks = %d tokens per optimizer step; %s%s",
+        "= %d %s = %d tokens per optimizer step; %s%s",
         accelerator.num_processes,
         accelerator.distributed_type.value,
         accelerator.device,
@@ -193,6 +195,7 @@ def _log_batch(config, accelerator, data, tokens_per_step: int, length) -> None:
         config.train.gradient_accumulation_steps,
         accelerator.num_processes,
         tokens_per_step // data.block_size,
+        "sequences (chosen and rejected)" if sequences_per_row(data.format) == 2 else "blocks",
         tokens_per_step,
         length.describe(),
         tokens,
