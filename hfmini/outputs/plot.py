@@ -51,13 +51,19 @@ def plot_runs(
 
     fig = Figure(figsize=(11, 4.2), constrained_layout=True)
     by_step, by_tokens = fig.subplots(1, 2)
+    accuracy = None  # preference runs: the reward accuracy, on its own scale beside the loss
+    preference = False
     drawn = 0
     for index, run_dir in enumerate(run_dirs):
         rows = read_metrics(run_dir)
         label = labels[index] if labels else Path(run_dir).name
         color = f"C{index % 10}"
         train = [r for r in rows if "train/loss" in r]
-        evals = [r for r in rows if "eval/loss" in r]
+        # A preference run trains on a pair loss: its held-out pairs' is the one to compare
+        # (its eval/loss is the chosen answers' cross-entropy, the drift).
+        eval_key = "eval/pair_loss" if any("eval/pair_loss" in r for r in rows) else "eval/loss"
+        evals = [r for r in rows if eval_key in r]
+        preference |= eval_key == "eval/pair_loss"
         if not train and not evals:
             continue
         drawn += 1
@@ -74,13 +80,14 @@ def plot_runs(
             if evals:
                 axis.plot(
                     [r.get(x_key, 0) for r in evals],
-                    [r["eval/loss"] for r in evals],
+                    [r[eval_key] for r in evals],
                     color=color,
                     marker="o",
                     markersize=4,
                     linewidth=2,
                     label=f"{label} validation",
                 )
+        accuracy = draw_reward_accuracy(by_step, accuracy, rows, label, color)
     if not drawn:
         raise HfminiError(
             f"no metrics to plot in {', '.join(map(str, run_dirs))}: each run folder needs a "
@@ -89,7 +96,9 @@ def plot_runs(
     by_step.set_xlabel("optimizer step")
     by_tokens.set_xlabel("tokens seen")
     for axis in (by_step, by_tokens):
-        axis.set_ylabel("cross-entropy loss (nats/token)")
+        axis.set_ylabel(
+            "loss (preference runs: per pair)" if preference else "cross-entropy loss (nats/token)"
+        )
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=8)
     fig.suptitle("hfmini loss curve")
@@ -97,6 +106,35 @@ def plot_runs(
     fig.savefig(image, dpi=110, format=(out_path.suffix.lstrip(".") or "png").lower())
     write_atomically(out_path, image.getvalue(), "the loss curve", then)
     return out_path
+
+
+def draw_reward_accuracy(axis, accuracy, rows: list[dict], label: str, color: str):
+    """A preference run's reward accuracy (train dashed, held-out pairs marked) on a right-hand
+    axis of `axis`, made on first use; returns that axis (None while no run has one)."""
+    series = [
+        (key, [r for r in rows if key in r], style)
+        for key, style in (
+            ("train/rewards/accuracies", {"linestyle": "--", "alpha": 0.55}),
+            ("eval/rewards/accuracies", {"marker": "s", "markersize": 4}),
+        )
+    ]
+    if not any(points for _, points, _ in series):
+        return accuracy
+    if accuracy is None:
+        accuracy = axis.twinx()
+        accuracy.set_ylabel("reward accuracy (chosen above rejected)")
+        accuracy.set_ylim(-0.02, 1.02)
+    for key, points, style in series:
+        if points:
+            accuracy.plot(
+                [r["step"] for r in points],
+                [r[key] for r in points],
+                color=color,
+                label=f"{label} {key.split('/')[0]} reward accuracy",
+                **style,
+            )
+    accuracy.legend(fontsize=8, loc="lower right")
+    return accuracy
 
 
 def write_atomically(path: Path, data: bytes, what: str, then: str) -> None:
