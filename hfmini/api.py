@@ -10,6 +10,12 @@
     evaluate("output/api")                # {'eval_loss': ..., 'bits_per_byte': ..., ...}
     generate("output/api", "ROMEO:", seed=0)
 
+Preference tuning is the same call on rows of prompt, chosen and rejected answers:
+
+    dpo = make_config(model_name_or_path="output/api", train_file=["pairs.jsonl"],
+                      loss_type="sigmoid", beta=0.1, output_dir="output/api-dpo")
+    train(dpo)                            # {..., 'rewards/accuracies': ..., 'start_rewards/...': ...}
+
 `train` is the whole run; to look at its stages one at a time, `prepare_data(config)` returns the
 training blocks and the tokenizer trained for them, and `build_model(config, tokenizer)` the fresh
 GPT-2 the loop starts from. `output_dir` is a Hub folder that transformers reads without hfmini.

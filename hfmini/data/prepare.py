@@ -327,7 +327,21 @@ def eval_examples(data_args, tokenizer, block_size: int) -> SequenceDataset | No
         origins = {"validation": ("validation_file", files)}
     else:
         raw, origins = load_raw(data_args)
-    fmt = data_format(next(iter(raw.values())).column_names, data_args.text_column)
+    columns = next(iter(raw.values())).column_names
+    if is_preference(columns):  # the chosen answers of the held-out pairs, as training scored
+        check_pair_rows(raw, origins)
+        if "validation" not in raw:
+            raw = hold_out_validation(raw, data_args.validation_split_percentage, "rows")
+        validation = DatasetDict({"validation": raw["validation"]})
+        tokenized = tokenize_pairs(
+            validation,
+            tokenizer,
+            min(data_args.pair_length, block_size),
+            data_args.max_prompt_length,
+            data_args.preprocessing_num_workers,
+        )
+        return pair_rows(tokenized["validation"], "validation")[0].chosen_only()
+    fmt = data_format(columns, data_args.text_column)
     if fmt == "language_modeling":
         return None
     check_splits(raw, origins, fmt, True)
