@@ -79,6 +79,8 @@ def pair_losses(
             -(1 - smoothing) * F.logsigmoid(beta * delta) + smoothing * F.logsigmoid(-beta * delta)
         ) / (1 - 2 * smoothing)
     else:  # ipo: the squared distance of the length-averaged margin from 1 / (2 beta)
+        # Averaged over the scored tokens. With no prompt token, TRL's DPOTrainer also counts the
+        # answer's first token, which nothing predicts: one more (tests/test_preference_trl.py).
         chosen_n, rejected_n = counts.chunk(2)
         margin = chosen_ratio / chosen_n.clamp(min=1) - rejected_ratio / rejected_n.clamp(min=1)
         losses = (margin - 1 / (2 * beta)) ** 2
