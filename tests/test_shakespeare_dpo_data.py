@@ -4,6 +4,7 @@ answer to a missing run."""
 import json
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 from conftest import REPO
@@ -60,12 +61,16 @@ def test_rows_are_trl_conversational_pairs_within_the_cap(written):
 
 def test_rejected_answers_match_the_chosen_in_length_and_come_from_the_same_pool(written):
     for rows in written.values():
-        gaps = [abs(len(answer(r, "chosen")) - len(answer(r, "rejected"))) for r in rows]
-        assert sum(gaps) / len(gaps) < 10
-        # Nearly every reply is rejected about as often as it is chosen: style cannot tell them.
-        chosen = {answer(r, "chosen") for r in rows}
-        rejected = {answer(r, "rejected") for r in rows}
-        assert len(chosen & rejected) > 0.9 * len(chosen)
+        gaps = [len(answer(r, "rejected")) - len(answer(r, "chosen")) for r in rows]
+        assert sum(map(abs, gaps)) / len(gaps) < 2 and max(map(abs, gaps)) <= 30
+        # No length cue: rejected answers are not longer or shorter on average.
+        assert abs(sum(gaps) / len(gaps)) < 0.2
+        # Replies are swapped between pairs: each is rejected as often as it is chosen (but for
+        # the few rows left without a partner, 13 of the 551 held out).
+        chosen = Counter(answer(r, "chosen") for r in rows)
+        rejected = Counter(answer(r, "rejected") for r in rows)
+        assert (chosen - rejected).total() < 0.05 * len(rows)
+        assert max(rejected.values()) <= max(chosen.values()) + 1
 
 
 def test_validation_pairs_come_only_from_the_held_out_plays(written):

@@ -36,8 +36,9 @@ rows, {"prompt": [system, user], "chosen": [assistant], "rejected": [assistant],
 "rejected_play": ...}. The prompt is one exchange as the conversations cut it (the system message
 naming the answerer, the user's speech); chosen is the reply the play gives; rejected is a reply of
 nearly the same length that another character gives in another play of the same split, to another
-speech: well formed verse that does not answer. Every answer is drawn from the same pool of
-replies, so the two sides differ only in whether they answer the prompt, not in style or length:
+speech: well formed verse that does not answer. Two such exchanges swap their replies, so every
+reply is chosen once and rejected once and the two sides differ only in whether they answer the
+prompt, not in style or length:
 
     python -m hfmini.shakespeare --preference_pairs --output_dir output/shakespeare-dpo-data
 """
@@ -49,6 +50,7 @@ import json
 import os
 import random
 import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -329,36 +331,51 @@ def _stands_in(row: dict, other: dict, max_chars: int) -> bool:
     )
 
 
+def _length_gap(rows: list[dict], i: int, j: int) -> int:
+    return abs(len(rows[i]["reply"]) - len(rows[j]["reply"]))
+
+
+def _close(rows: list[dict], i: int, j: int) -> bool:
+    """Replies within a tenth (and 5 characters) of each other's length: a match by length."""
+    return _length_gap(rows, i, j) <= max(5, len(rows[i]["reply"]) // 10)
+
+
 def _stand_ins(rows: list[dict], max_chars: int, seed: int) -> dict[int, int]:
-    """{row: the row whose reply is its rejected answer}, lengths matched: rows sorted by reply
-    length (`seed` breaking ties), each takes the nearest stand-in not yet taken, looking at
-    longer replies first (shorter at the long end), else the nearest one at all. Nearly every
-    reply is then rejected exactly once, as often as it is chosen. Cost: a short scan a row."""
+    """{row: the row whose reply is its rejected answer}. Rows are swapped in pairs: two rows of
+    nearly the same reply length take each other's reply, so every reply is rejected exactly as
+    often as it is chosen and the length differences cancel (a length cue would let summed
+    log-probs, which favour the shorter answer, rank pairs without reading the prompt). Rows
+    sorted by reply length (`seed` breaking ties) each pair with the nearest waiting row that
+    qualifies both ways; one left without a partner takes the nearest stand-in one way.
+    Cost: a short scan a row."""
     rng = random.Random(seed)
     ties = [rng.random() for _ in rows]
     order = sorted(range(len(rows)), key=lambda i: (len(rows[i]["reply"]), ties[i]))
-    taken: set[int] = set()
     out: dict[int, int] = {}
-    for position, i in enumerate(order):
-        # Over a tenth longer or shorter (and 5 characters) is no longer a match by length.
-        limit = max(5, len(rows[i]["reply"]) // 10)
-        choice = fallback = None
-        for side in (order[position + 1 :], order[:position][::-1]):
-            for j in side:
-                if not _stands_in(rows[i], rows[j], max_chars):
-                    continue
-                fallback = j if fallback is None else fallback
-                if abs(len(rows[j]["reply"]) - len(rows[i]["reply"])) > limit:
-                    break
-                if j not in taken:
-                    choice = j
-                    break
-            if choice is not None:
+    waiting: list[int] = []  # rows without a partner yet, shortest reply first
+    alone: list[int] = []  # rows whose length no later row can match any more
+    for i in order:
+        while waiting and not _close(rows, waiting[0], i):
+            alone.append(waiting.pop(0))
+        for j in reversed(waiting):  # the nearest length first
+            if _stands_in(rows[i], rows[j], max_chars) and _stands_in(rows[j], rows[i], max_chars):
+                waiting.remove(j)
+                out[i], out[j] = j, i
                 break
-        choice = fallback if choice is None else choice
-        if choice is not None:
-            taken.add(choice)
-            out[i] = choice
+        else:
+            waiting.append(i)
+    position = {row: n for n, row in enumerate(order)}
+    uses = Counter(out.values())
+    for i in alone + waiting:
+        # Among the close neighbours in length, the reply least rejected so far, then the nearest.
+        p = position[i]
+        near = order[max(0, p - 50) : p + 51]
+        near.sort(key=lambda j: (not _close(rows, i, j), uses[j], _length_gap(rows, i, j)))
+        for j in near + order:
+            if _stands_in(rows[i], rows[j], max_chars):
+                out[i] = j
+                uses[j] += 1
+                break
     return out
 
 

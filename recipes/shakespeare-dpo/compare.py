@@ -9,8 +9,8 @@ Markdown.
    is 0 by construction; the margin's growth is the signal.
 2. Each model's own ranking of the held-out pairs: the share where the summed log-prob of the
    chosen answer's tokens beats the rejected one's, for the chat model and the DPO model. Chosen
-   and rejected replies are drawn from one pool at matched lengths, so a model that ignores the
-   prompt ranks about half of them right. Tokenized as TRL does: the prompt rendered with the
+   and rejected replies are one pool (pairs of exchanges swap their replies) at matched lengths,
+   so a model that ignores the prompt ranks about half of them right. Tokenized as TRL does: the prompt rendered with the
    generation prompt, prompt + answer rendered whole, the answer being the tokens after their
    common prefix, cut to the model's context.
 3. A few held-out prompts with both models' answers (seeded sampling, the same seed for both).
@@ -35,7 +35,8 @@ EVAL_KEYS = (
     ("reward rejected", "eval/rewards/rejected"),
     ("log-prob chosen", "eval/logps/chosen"),
     ("log-prob rejected", "eval/logps/rejected"),
-    ("loss", "eval/loss"),
+    ("pair loss", "eval/pair_loss"),
+    ("language-model loss (chosen)", "eval/loss"),
     ("bits per byte (chosen)", "eval/bits_per_byte"),
 )
 
