@@ -8,7 +8,7 @@ RECIPE ?= recipes/shakespeare/config.yaml
 # Tests and the default run never reach the Hub or W&B servers.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: chat-recipe install train play-groups test test-slow bench docs notebook lint format clean
+.PHONY: chat-recipe dpo-recipe install train play-groups test test-slow bench docs notebook lint format clean
 
 $(BIN)/hfmini: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,16 @@ chat-recipe: install
 			$$(test $$run = shakespeare-chat-full && echo --assistant_only_loss false) $(ARGS) || exit $$?; \
 	done
 	$(OFFLINE) $(BIN)/python recipes/shakespeare-chat/compare.py output
+
+# Preference tuning, shown: the chat model (`make chat-recipe`'s, made first if missing) tuned by DPO
+# to prefer the play's reply to a speech over a reply of the same length from another play
+# (recipes/shakespeare-dpo/). A run whose model exists is not repeated.
+dpo-recipe: install
+	test -f output/shakespeare-chat/model.safetensors || $(MAKE) chat-recipe
+	$(BIN)/python -m hfmini.shakespeare --preference_pairs --max_chars 240 --output_dir output/shakespeare-dpo-data
+	test -f output/shakespeare-dpo/model.safetensors || $(OFFLINE) $(BIN)/python \
+		recipes/train.py --config recipes/shakespeare-dpo/config.yaml $(ARGS)
+	$(OFFLINE) $(BIN)/python recipes/shakespeare-dpo/compare.py output
 
 # The configuration reference, generated from the dataclasses' help (a test checks it is current).
 docs: install

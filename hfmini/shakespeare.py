@@ -1,10 +1,11 @@
-"""`python -m hfmini.shakespeare`: the built-in plays (or their dialogue as chat conversations)
-written as train/validation JSON lines files, for recipes that train on one group of plays and
-fine-tune on another (hfmini.data.shakespeare reads the plays).
+"""`python -m hfmini.shakespeare`: the built-in plays (or their dialogue as chat conversations, or
+as preference pairs) written as train/validation JSON lines files, for recipes that train on one
+group of plays and fine-tune on another (hfmini.data.shakespeare reads the plays).
 
     python -m hfmini.shakespeare --groups comedies --validation twelfth-night \
         much-ado-about-nothing --output_dir output/play-groups/comedies
     python -m hfmini.shakespeare --conversations --output_dir output/shakespeare-chat
+    python -m hfmini.shakespeare --preference_pairs --max_chars 240 --output_dir output/dpo-data
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from hfmini.data.shakespeare import (
     play_groups,
     write_conversations,
     write_play_groups,
+    write_preference_pairs,
 )
 from hfmini.errors import HfminiError
 
@@ -25,50 +27,77 @@ from hfmini.errors import HfminiError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m hfmini.shakespeare",
-        description="Write Shakespeare's plays (or their dialogue as chat conversations) as "
-        "train/validation JSON lines files.",
+        description="Write Shakespeare's plays (or their dialogue as chat conversations, or as "
+        "preference pairs) as train/validation JSON lines files.",
     )
-    parser.add_argument(
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
         "--conversations",
         action="store_true",
         help="write the dialogue as chat conversations (a 'messages' column) instead of plays",
+    )
+    mode.add_argument(
+        "--preference_pairs",
+        action="store_true",
+        help="write preference pairs (prompt, chosen, rejected): the play's reply to a speech "
+        "against a reply of the same length from another play",
     )
     parser.add_argument(
         "--groups",
         nargs="+",
         help=f"{', '.join(play_groups())} (required for plays; all groups when left out with "
-        "--conversations)",
+        "--conversations or --preference_pairs)",
     )
     parser.add_argument(
         "--validation",
         nargs="+",
-        help="held-out plays (required for plays; with --conversations, default: "
+        help="held-out plays (required for plays; with --conversations or --preference_pairs, "
+        "default: "
         f"{' '.join(VALIDATION_PLAYS)})",
     )
     parser.add_argument(
         "--max_chars",
         type=int,
-        default=700,
-        help="with --conversations: at most this many characters of dialogue a conversation",
+        help="at most this many characters of dialogue a conversation (--conversations, "
+        "default 700) or a pair's speech plus either answer (--preference_pairs, default 240)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="with --preference_pairs: picks the rejected answers"
     )
     parser.add_argument("--output_dir", required=True)
     args = parser.parse_args(argv)
-    if not args.conversations and (args.groups is None or args.validation is None):
-        parser.error("--groups and --validation are required (or pass --conversations)")
+    dialogue = args.conversations or args.preference_pairs
+    if not dialogue and (args.groups is None or args.validation is None):
+        parser.error(
+            "--groups and --validation are required (or pass --conversations or --preference_pairs)"
+        )
+    if args.max_chars is not None and args.max_chars <= 0:
+        parser.error(f"--max_chars must be positive, got {args.max_chars}")
     try:
-        if not args.conversations:
+        if not dialogue:
             print(write_play_groups(args.groups, args.validation, args.output_dir))
             return 0
         validation = VALIDATION_PLAYS if args.validation is None else args.validation
-        paths = write_conversations(args.output_dir, validation, args.groups, args.max_chars)
+        if args.preference_pairs:
+            max_chars = 240 if args.max_chars is None else args.max_chars
+            paths = write_preference_pairs(
+                args.output_dir, validation, args.groups, max_chars, args.seed
+            )
+        else:
+            max_chars = 700 if args.max_chars is None else args.max_chars
+            paths = write_conversations(args.output_dir, validation, args.groups, max_chars)
     except HfminiError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for path in paths.values():
         # Read back rather than counted while writing: a few MB, a fraction of a second.
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-        chars = sum(len(m["content"]) for row in rows for m in row["messages"])
-        print(f"{path}: {len(rows)} conversations, {chars} characters")
+        if args.preference_pairs:
+            chars = sum(len(m["content"]) for row in rows for m in row["prompt"] + row["chosen"])
+            print(f"{path}: {len(rows)} pairs, {chars} characters of prompts and chosen answers")
+        else:
+            chars = sum(len(m["content"]) for row in rows for m in row["messages"])
+            print(f"{path}: {len(rows)} conversations, {chars} characters")
     return 0
 
 

@@ -30,6 +30,17 @@ so that a conversation fits 256 tokens of a 4k BPE most of the time. Held-out pl
     {"role": "assistant", "content": "No, for then we should be colliers."}
 
     python -m hfmini.shakespeare --conversations --output_dir output/shakespeare-chat
+
+Preference pairs (`preference_pairs`, `write_preference_pairs`): TRL's conversational preference
+rows, {"prompt": [system, user], "chosen": [assistant], "rejected": [assistant], "play": ...,
+"rejected_play": ...}. The prompt is one exchange as the conversations cut it (the system message
+naming the answerer, the user's speech); chosen is the reply the play gives; rejected is a reply of
+nearly the same length that another character gives in another play of the same split, to another
+speech: well formed verse that does not answer. Two such exchanges swap their replies, so every
+reply is chosen once and rejected once and the two sides differ only in whether they answer the
+prompt, not in style or length:
+
+    python -m hfmini.shakespeare --preference_pairs --output_dir output/shakespeare-dpo-data
 """
 
 from __future__ import annotations
@@ -37,13 +48,19 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
 import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 from hfmini.errors import HfminiError, disk_full
 
 VALIDATION_PLAYS = ("twelfth-night", "julius-caesar", "the-tempest")
+
+# Preference pairs leave out replies shorter than this (under a line of verse): "Ay, my lord." or
+# "What, Curio?" would answer many speeches, so as a rejected answer they are often no worse.
+MIN_REPLY_CHARS = 30
 
 _INLINE_ITALIC = re.compile(r"_[^_\n]*_")
 _MARKDOWN_ESCAPE = re.compile(r"\\([\[\]\\*_&])")
@@ -277,4 +294,149 @@ def write_conversations(
         paths[split] = folder / f"{split}.jsonl"
         rows = conversations(plays, max_speech_chars=max_chars, max_chars=max_chars)
         _write_jsonl(paths[split], rows)
+    return paths
+
+
+def _exchanges(play_names: list[str], max_chars: int, min_reply_chars: int) -> list[dict]:
+    """Every single exchange the conversations are cut from, in play and scene order:
+    {"play", "title", "answerer", "said", "reply"}, said + reply at most `max_chars` characters,
+    the reply at least `min_reply_chars`."""
+    paths = _play_paths()
+    unknown = [name for name in play_names if name not in paths]
+    if unknown:
+        raise HfminiError(f"unknown play {unknown[0]!r}: choose among {', '.join(paths)}")
+    rows = []
+    for name in play_names:
+        markdown = paths[name].read_text(encoding="utf-8")
+        title = play_title(markdown, name)
+        for scene in speeches(markdown):
+            for _, answerer, pairs in _dialogues(scene, max_chars):
+                for said, reply in pairs:
+                    if len(said) + len(reply) <= max_chars and len(reply) >= min_reply_chars:
+                        rows.append(
+                            {"play": name, "title": title, "answerer": answerer, "said": said}
+                            | {"reply": reply}
+                        )
+    return rows
+
+
+def _stands_in(row: dict, other: dict, max_chars: int) -> bool:
+    """Whether `other`'s reply can stand in as a non-answer to `row`'s speech: another play,
+    another speaker, another text, and still within `max_chars` with the speech it would answer."""
+    return (
+        other["play"] != row["play"]
+        and other["answerer"] != row["answerer"]
+        and other["reply"] != row["reply"]
+        and len(row["said"]) + len(other["reply"]) <= max_chars
+    )
+
+
+def _length_gap(rows: list[dict], i: int, j: int) -> int:
+    return abs(len(rows[i]["reply"]) - len(rows[j]["reply"]))
+
+
+def _close(rows: list[dict], i: int, j: int) -> bool:
+    """Replies within a tenth (and 5 characters) of each other's length: a match by length."""
+    return _length_gap(rows, i, j) <= max(5, len(rows[i]["reply"]) // 10)
+
+
+def _stand_ins(rows: list[dict], max_chars: int, seed: int) -> dict[int, int]:
+    """{row: the row whose reply is its rejected answer}. Rows are swapped in pairs: two rows of
+    nearly the same reply length take each other's reply, so every reply is rejected exactly as
+    often as it is chosen and the length differences cancel (a length cue would let summed
+    log-probs, which favour the shorter answer, rank pairs without reading the prompt). Rows
+    sorted by reply length (`seed` breaking ties) each pair with the nearest waiting row that
+    qualifies both ways; one left without a partner takes the nearest stand-in one way.
+    Cost: a short scan a row."""
+    rng = random.Random(seed)
+    ties = [rng.random() for _ in rows]
+    order = sorted(range(len(rows)), key=lambda i: (len(rows[i]["reply"]), ties[i]))
+    out: dict[int, int] = {}
+    waiting: list[int] = []  # rows without a partner yet, shortest reply first
+    alone: list[int] = []  # rows whose length no later row can match any more
+    for i in order:
+        while waiting and not _close(rows, waiting[0], i):
+            alone.append(waiting.pop(0))
+        for j in reversed(waiting):  # the nearest length first
+            if _stands_in(rows[i], rows[j], max_chars) and _stands_in(rows[j], rows[i], max_chars):
+                waiting.remove(j)
+                out[i], out[j] = j, i
+                break
+        else:
+            waiting.append(i)
+    position = {row: n for n, row in enumerate(order)}
+    uses = Counter(out.values())
+    for i in alone + waiting:
+        # Among the close neighbours in length, the reply least rejected so far, then the nearest.
+        p = position[i]
+        near = order[max(0, p - 50) : p + 51]
+        near.sort(key=lambda j: (not _close(rows, i, j), uses[j], _length_gap(rows, i, j)))
+        for j in near + order:
+            if _stands_in(rows[i], rows[j], max_chars):
+                out[i] = j
+                uses[j] += 1
+                break
+    return out
+
+
+def preference_pairs(
+    play_names: list[str] | None = None,
+    max_chars: int = 240,
+    seed: int = 0,
+    min_reply_chars: int = MIN_REPLY_CHARS,
+) -> list[dict]:
+    """Preference rows from the plays (all when None) in TRL's conversational format (see the
+    module docstring); rejected replies come from these plays only, so a split draws on itself.
+    `max_chars` bounds the user's speech plus either answer: 240 characters, with the system
+    message and the template, fit the 128-token context of `make train`'s 2k BPE in 99.8% of
+    rows (300 in 95%; the trainer cuts the rest, as TRL does). `seed` breaks the ties
+    among replies of equal length, so it picks which one is rejected; the same seed, the same
+    pairs. Replies under `min_reply_chars` are left out (MIN_REPLY_CHARS says why), and so are
+    rows without a stand-in (a lone play, say)."""
+    names = sorted(_play_paths()) if play_names is None else list(play_names)
+    rows = _exchanges(names, max_chars, min_reply_chars)
+    rejected = _stand_ins(rows, max_chars, seed)
+    pairs = []
+    for i, row in enumerate(rows):
+        if i not in rejected:
+            continue
+        other = rows[rejected[i]]
+        system = f"You are {row['answerer']} in {row['title']}."
+        pairs.append(
+            {
+                "prompt": [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": row["said"]},
+                ],
+                "chosen": [{"role": "assistant", "content": row["reply"]}],
+                "rejected": [{"role": "assistant", "content": other["reply"]}],
+                "play": row["play"],
+                "rejected_play": other["play"],
+            }
+        )
+    return pairs
+
+
+def write_preference_pairs(
+    output_dir: str | Path,
+    validation: list[str] | tuple[str, ...] = VALIDATION_PLAYS,
+    groups: list[str] | None = None,
+    max_chars: int = 240,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """preference_pairs() as output_dir/{train,validation}.jsonl: pairs from the `validation`
+    plays (both answers from them) in validation, from the other plays (of `groups` when given)
+    in train."""
+    folder = Path(output_dir)
+    splits = _split_plays(groups, list(validation))
+    for split, plays in splits.items():
+        if len(plays) < 2:
+            raise HfminiError(
+                f"preference pairs take their rejected answers from another play of the same "
+                f"split, and {split} has only {plays[0]!r}: name at least two plays for each"
+            )
+    paths = {}
+    for split, plays in splits.items():
+        paths[split] = folder / f"{split}.jsonl"
+        _write_jsonl(paths[split], preference_pairs(plays, max_chars, seed))
     return paths
