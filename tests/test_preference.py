@@ -150,7 +150,9 @@ def test_text_and_conversations_tokenize_to_prompt_then_answer(tiny_base):
 # --- runs of a few steps: seconds each -------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["standard", "conversational", "implicit"])
+@pytest.mark.parametrize(
+    "kind", ["standard", "conversational", pytest.param("implicit", marks=pytest.mark.slow)]
+)
 def test_preference_rows_select_dpo_and_it_learns_the_preference(
     tiny_base, tmp_path, pairs, kind, caplog
 ):
@@ -217,7 +219,7 @@ def test_the_split_of_a_step_into_micro_batches_does_not_change_the_weights(
     assert step > 1e-5
 
 
-@pytest.mark.parametrize("precompute", ["false", "true"])
+@pytest.mark.parametrize("precompute", [pytest.param("false", marks=pytest.mark.slow), "true"])
 def test_resume_mid_run_is_exact(tiny_base, tmp_path, pairs, precompute):
     """Stopped after step 3 of 6 and resumed: the losses, rewards and weights of the unbroken
     run. With precompute_ref_log_probs the resumed run scores the pairs again from the
@@ -279,7 +281,15 @@ def test_reference_log_probs_computed_ahead_give_the_same_run(tiny_base, tmp_pat
     assert runs["true"] == pytest.approx(runs["false"], rel=1e-5, abs=1e-7)
 
 
-@pytest.mark.parametrize("loss_type", ["ipo", "robust", "simpo"])
+# The numbers of each loss are TRL's (test_preference_trl.py); here, that each trains end to end.
+@pytest.mark.parametrize(
+    "loss_type",
+    [
+        pytest.param("ipo", marks=pytest.mark.slow),
+        pytest.param("robust", marks=pytest.mark.slow),
+        "simpo",
+    ],
+)
 def test_each_loss_trains(tiny_base, tmp_path, pairs, loss_type):
     extra = {"robust": ("--label_smoothing", "0.1"), "simpo": ("--beta", "2.0")}.get(loss_type, ())
     out = tmp_path / loss_type
@@ -363,3 +373,24 @@ def test_a_reference_loss_needs_a_starting_model(tmp_path, pairs, capsys):
         capsys, *args
     )
     assert not list_checkpoints(tmp_path / "out")
+
+
+def test_the_loss_curve_draws_the_reward_accuracy_beside_the_pair_losses(tmp_path):
+    from matplotlib.figure import Figure
+
+    from hfmini.outputs.plot import draw_reward_accuracy, plot_runs
+
+    rows = [
+        {"step": 1, "train/loss": 0.69, "train/rewards/accuracies": 0.4},
+        {"step": 2, "train/loss": 0.6, "train/rewards/accuracies": 0.7},
+        {"step": 2, "eval/loss": 5.0, "eval/pair_loss": 0.62, "eval/rewards/accuracies": 0.65},
+    ]
+    axis = Figure().subplots()
+    accuracy = draw_reward_accuracy(axis, None, rows, "run", "C0")
+    drawn = {line.get_label(): list(line.get_ydata()) for line in accuracy.get_lines()}
+    assert drawn == {"run train reward accuracy": [0.4, 0.7], "run eval reward accuracy": [0.65]}
+    assert draw_reward_accuracy(axis, None, rows[:0], "plain", "C1") is None  # no pairs, no axis
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert plot_runs([run], tmp_path / "curve.png").stat().st_size > 0
