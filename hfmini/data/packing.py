@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hfmini.data.tokens import flat_tokens
+from hfmini.data.tokens import flat_tokens, row_lengths
 from hfmini.data.training_data import InMemoryData
 from hfmini.errors import HfminiError
 
@@ -168,10 +168,7 @@ def sequences_of(tokenized, block_size: int, packing: bool, answers_only: bool, 
     """A tokenized split as a SequenceDataset; returns (dataset, truncated examples, tokens cut)."""
     tokens = flat_tokens(tokenized)
     answer = flat_tokens(tokenized, "answer_mask", torch.bool)
-    full_lengths = np.asarray(
-        tokenized.with_format("arrow")[:]["input_ids"].combine_chunks().value_lengths(),
-        dtype=np.int64,
-    )
+    full_lengths = row_lengths(tokenized)
     if len(full_lengths) == 0:
         raise HfminiError(f"the {split} split has no examples: add rows")
     starts = np.concatenate([[0], np.cumsum(full_lengths)[:-1]])

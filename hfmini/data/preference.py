@@ -28,7 +28,7 @@ import torch
 from hfmini.data.packing import ExampleValidation, SequenceDataset, pad_sequences
 from hfmini.data.readers import file_and_row
 from hfmini.data.sft import _clean, _message_problem
-from hfmini.data.tokens import flat_tokens, tokenizer_fingerprint
+from hfmini.data.tokens import flat_tokens, row_lengths, tokenizer_fingerprint
 from hfmini.data.training_data import InMemoryData
 from hfmini.errors import HfminiError
 
@@ -269,10 +269,7 @@ def pair_rows(tokenized, split: str) -> tuple[PairDataset, int]:
     """A tokenized split as a PairDataset; returns it and the tokens cut to fit."""
     tokens = flat_tokens(tokenized)
     answer = flat_tokens(tokenized, "answer_mask", torch.bool)
-    lengths = np.asarray(
-        tokenized.with_format("arrow")[:]["input_ids"].combine_chunks().value_lengths(),
-        dtype=np.int64,
-    )
+    lengths = row_lengths(tokenized)
     if len(lengths) == 0:
         raise HfminiError(
             f"the {split} split has no pair left whose prompt fits max_length: raise max_length "

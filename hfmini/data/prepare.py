@@ -135,6 +135,20 @@ def prepare_data(config, resume_path: Path | None = None) -> tuple[PreparedData,
     return tokenize_and_pack(chunks, tokenizer, config.data), tokenizer
 
 
+def split_rows_and_tokenizer(config, raw, text_batch, resume_path=None):
+    """Rows held out for validation (unless the source has a split), and the run's tokenizer:
+    loaded, or trained on the train rows' text, which `text_batch` collects from a batch."""
+    splits = hold_out_validation(raw, config.data.validation_split_percentage, "rows")
+    texts = splits["train"].map(
+        text_batch,
+        batched=True,
+        remove_columns=splits["train"].column_names,
+        desc="Collecting text for the tokenizer",
+    )
+    tokenizer = tokenizer_for_run(config.model, texts, config.context_length(), resume_path)
+    return splits, tokenizer
+
+
 def prepare_examples(config, raw, origins: dict, resume_path=None) -> tuple[PreparedExamples, Any]:
     """The data stage for prompt-completion and conversational rows, top to bottom."""
     data_args = config.data
@@ -143,14 +157,7 @@ def prepare_examples(config, raw, origins: dict, resume_path=None) -> tuple[Prep
         data_args.assistant_only_loss if fmt == "conversational" else data_args.completion_only_loss
     )
     check_splits(raw, origins, fmt, answers_only)
-    splits = hold_out_validation(raw, data_args.validation_split_percentage, "rows")
-    texts = splits["train"].map(
-        tokenizer_text_batch,
-        batched=True,
-        remove_columns=splits["train"].column_names,
-        desc="Collecting text for the tokenizer",
-    )
-    tokenizer = tokenizer_for_run(config.model, texts, config.context_length(), resume_path)
+    splits, tokenizer = split_rows_and_tokenizer(config, raw, tokenizer_text_batch, resume_path)
     origin = "none needed"
     if needs_chat_template(fmt, raw["train"]):
         origin = apply_template(tokenizer, data_args.chat_template)
@@ -201,14 +208,7 @@ def prepare_pairs(config, raw, origins: dict, resume_path=None) -> tuple[Prepare
     data_args = config.data
     conversational = check_pair_rows(raw, origins)
     implicit = "prompt" not in raw["train"].column_names
-    splits = hold_out_validation(raw, data_args.validation_split_percentage, "rows")
-    texts = splits["train"].map(
-        pair_text_batch,
-        batched=True,
-        remove_columns=splits["train"].column_names,
-        desc="Collecting text for the tokenizer",
-    )
-    tokenizer = tokenizer_for_run(config.model, texts, config.context_length(), resume_path)
+    splits, tokenizer = split_rows_and_tokenizer(config, raw, pair_text_batch, resume_path)
     origin = apply_template(tokenizer, data_args.chat_template) if conversational else "none needed"
     logger.info(
         "data: preference pairs (%s%s) for loss_type %s; chat template: %s",

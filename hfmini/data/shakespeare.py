@@ -259,24 +259,31 @@ def conversations(
     dialogue in all (700 characters are about 200 tokens of a 4k BPE, which leaves room for the
     system message and the template in 256). Every speech is used at most once.
     """
+    rows = []
+    for name, title, answerer, pairs in _play_dialogues(play_names, max_speech_chars):
+        for group in _chunks(pairs, max_exchanges, max_chars):
+            messages = [{"role": "system", "content": f"You are {answerer} in {title}."}]
+            for said, reply in group:
+                messages.append({"role": "user", "content": said})
+                messages.append({"role": "assistant", "content": reply})
+            rows.append({"messages": messages, "play": name})
+    return rows
+
+
+def _play_dialogues(play_names, max_speech_chars: int):
+    """(play, title, answerer, [(said, reply), ...]) of every two-speaker dialogue of the plays
+    (all when None), in play and scene order; an unknown play is a one-line error."""
     paths = _play_paths()
     names = sorted(paths) if play_names is None else list(play_names)
     unknown = [name for name in names if name not in paths]
     if unknown:
         raise HfminiError(f"unknown play {unknown[0]!r}: choose among {', '.join(paths)}")
-    rows = []
     for name in names:
         markdown = paths[name].read_text(encoding="utf-8")
         title = play_title(markdown, name)
         for scene in speeches(markdown):
             for _, answerer, pairs in _dialogues(scene, max_speech_chars):
-                for group in _chunks(pairs, max_exchanges, max_chars):
-                    messages = [{"role": "system", "content": f"You are {answerer} in {title}."}]
-                    for said, reply in group:
-                        messages.append({"role": "user", "content": said})
-                        messages.append({"role": "assistant", "content": reply})
-                    rows.append({"messages": messages, "play": name})
-    return rows
+                yield name, title, answerer, pairs
 
 
 def write_conversations(
@@ -301,22 +308,14 @@ def _exchanges(play_names: list[str], max_chars: int, min_reply_chars: int) -> l
     """Every single exchange the conversations are cut from, in play and scene order:
     {"play", "title", "answerer", "said", "reply"}, said + reply at most `max_chars` characters,
     the reply at least `min_reply_chars`."""
-    paths = _play_paths()
-    unknown = [name for name in play_names if name not in paths]
-    if unknown:
-        raise HfminiError(f"unknown play {unknown[0]!r}: choose among {', '.join(paths)}")
     rows = []
-    for name in play_names:
-        markdown = paths[name].read_text(encoding="utf-8")
-        title = play_title(markdown, name)
-        for scene in speeches(markdown):
-            for _, answerer, pairs in _dialogues(scene, max_chars):
-                for said, reply in pairs:
-                    if len(said) + len(reply) <= max_chars and len(reply) >= min_reply_chars:
-                        rows.append(
-                            {"play": name, "title": title, "answerer": answerer, "said": said}
-                            | {"reply": reply}
-                        )
+    for name, title, answerer, pairs in _play_dialogues(play_names, max_chars):
+        for said, reply in pairs:
+            if len(said) + len(reply) <= max_chars and len(reply) >= min_reply_chars:
+                rows.append(
+                    {"play": name, "title": title, "answerer": answerer, "said": said}
+                    | {"reply": reply}
+                )
     return rows
 
 

@@ -181,3 +181,11 @@ def flat_tokens(tokenized, column: str = "input_ids", dtype=torch.int32) -> torc
     values = pc.list_flatten(tokenized.with_format("arrow")[:][column])
     chunks = [chunk.to_numpy(zero_copy_only=False) for chunk in values.chunks] or [np.array([])]
     return torch.from_numpy(np.concatenate(chunks)).to(dtype)
+
+
+def row_lengths(tokenized, column: str = "input_ids") -> np.ndarray:
+    """(rows,) int64 the length of each row's list in `column`, read from Arrow, no Python lists."""
+    return np.asarray(
+        tokenized.with_format("arrow")[:][column].combine_chunks().value_lengths(),
+        dtype=np.int64,
+    )
