@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         "--preference_pairs",
         action="store_true",
         help="write preference pairs (prompt, chosen, rejected): the play's reply to a speech "
-        "against a reply of the same length from another play",
+        "against the same reply's words shuffled (or, --rejected other_reply, another reply)",
     )
     parser.add_argument(
         "--groups",
@@ -64,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seed", type=int, default=0, help="with --preference_pairs: picks the rejected answers"
     )
+    parser.add_argument(
+        "--rejected",
+        choices=["shuffled", "other_reply"],
+        default="shuffled",
+        help="with --preference_pairs: the reply's words shuffled (default), or another "
+        "character's reply of the same length from another play",
+    )
     parser.add_argument("--output_dir", required=True)
     args = parser.parse_args(argv)
     dialogue = args.conversations or args.preference_pairs
@@ -81,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.preference_pairs:
             max_chars = 240 if args.max_chars is None else args.max_chars
             paths = write_preference_pairs(
-                args.output_dir, validation, args.groups, max_chars, args.seed
+                args.output_dir, validation, args.groups, max_chars, args.seed, args.rejected
             )
         else:
             max_chars = 700 if args.max_chars is None else args.max_chars

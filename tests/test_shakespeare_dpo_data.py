@@ -16,28 +16,39 @@ PLAYS = ["hamlet", "macbeth", "othello"]
 MAX_CHARS = 240
 
 
-@pytest.fixture(scope="module")
-def written(tmp_path_factory) -> dict[str, list[dict]]:
-    """The pairs the recipe trains and scores on, written once by the CLI as `make dpo-recipe`
-    writes them."""
-    folder = tmp_path_factory.mktemp("dpo-data")
+def write_pairs(folder, *extra: str) -> dict[str, list[dict]]:
     argv = ["--preference_pairs", "--max_chars", str(MAX_CHARS), "--output_dir", str(folder)]
-    assert main(argv) == 0
+    assert main([*argv, *extra]) == 0
     return {
         split: [json.loads(x) for x in (folder / f"{split}.jsonl").read_text().splitlines()]
         for split in ("train", "validation")
     }
 
 
+@pytest.fixture(scope="module")
+def shuffled(tmp_path_factory) -> dict[str, list[dict]]:
+    """The pairs the recipe trains and scores on, written once by the CLI as `make dpo-recipe`
+    writes them: rejected is the chosen reply's words shuffled."""
+    return write_pairs(tmp_path_factory.mktemp("dpo-data"))
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> dict[str, list[dict]]:
+    """`--rejected other_reply`: another character's reply from another play."""
+    return write_pairs(tmp_path_factory.mktemp("dpo-data-other"), "--rejected", "other_reply")
+
+
 def answer(row: dict, side: str) -> str:
     return row[side][0]["content"]
 
 
-def test_pairs_are_deterministic_given_a_seed():
-    first = preference_pairs(PLAYS, MAX_CHARS, seed=0)
-    assert first == preference_pairs(PLAYS, MAX_CHARS, seed=0)
-    other = preference_pairs(PLAYS, MAX_CHARS, seed=1)
-    # The seed picks among replies of equal length; the prompts and chosen answers stay.
+@pytest.mark.parametrize("rejected", ["shuffled", "other_reply"])
+def test_pairs_are_deterministic_given_a_seed(rejected):
+    first = preference_pairs(PLAYS, MAX_CHARS, seed=0, rejected=rejected)
+    assert first == preference_pairs(PLAYS, MAX_CHARS, seed=0, rejected=rejected)
+    other = preference_pairs(PLAYS, MAX_CHARS, seed=1, rejected=rejected)
+    # The seed picks the order of the words, or among replies of equal length; the prompts and
+    # chosen answers stay.
     assert [(r["prompt"], r["chosen"]) for r in other] == [
         (r["prompt"], r["chosen"]) for r in first
     ]
@@ -57,6 +68,19 @@ def test_rows_are_trl_conversational_pairs_within_the_cap(written):
             assert min(len(chosen), len(rejected)) >= MIN_REPLY_CHARS
             assert len(user["content"]) + max(len(chosen), len(rejected)) <= MAX_CHARS
             assert row["rejected_play"] != row["play"]
+
+
+def test_a_shuffled_reply_holds_the_same_words_in_the_same_lines(shuffled):
+    for rows in shuffled.values():
+        assert len(rows) > 100
+        for row in rows:
+            chosen, rejected = answer(row, "chosen"), answer(row, "rejected")
+            assert chosen != rejected and sorted(chosen.split()) == sorted(rejected.split())
+            assert [len(x.split()) for x in chosen.split("\n")] == [
+                len(x.split()) for x in rejected.split("\n")
+            ]
+    plays = {split: {r["play"] for r in rows} for split, rows in shuffled.items()}
+    assert plays["validation"] == set(VALIDATION_PLAYS) and not plays["train"] & plays["validation"]
 
 
 def test_rejected_answers_match_the_chosen_in_length_and_come_from_the_same_pool(written):
@@ -100,7 +124,7 @@ def test_the_cli_prints_the_counts(tmp_path, capsys):
 def test_one_held_out_play_is_one_line(tmp_path, capsys):
     """Rejected answers come from another play of the split: one play cannot give any."""
     argv = ["--preference_pairs", "--groups", "romances", "--validation", "the-tempest"]
-    assert main([*argv, "--output_dir", str(tmp_path)]) == 2
+    assert main([*argv, "--rejected", "other_reply", "--output_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "at least two plays" in err
     assert not (tmp_path / "train.jsonl").exists()

@@ -34,7 +34,9 @@ so that a conversation fits 256 tokens of a 4k BPE most of the time. Held-out pl
 Preference pairs (`preference_pairs`, `write_preference_pairs`): TRL's conversational preference
 rows, {"prompt": [system, user], "chosen": [assistant], "rejected": [assistant], "play": ...,
 "rejected_play": ...}. The prompt is one exchange as the conversations cut it (the system message
-naming the answerer, the user's speech); chosen is the reply the play gives; rejected is a reply of
+naming the answerer, the user's speech); chosen is the reply the play gives; rejected is, by
+default, that reply's own words shuffled within its line layout (same words, same length, no
+grammar or metre left), or with `rejected="other_reply"` a reply of
 nearly the same length that another character gives in another play of the same split, to another
 speech: well formed verse that does not answer. Two such exchanges swap their replies, so every
 reply is chosen once and rejected once and the two sides differ only in whether they answer the
@@ -383,6 +385,7 @@ def preference_pairs(
     max_chars: int = 240,
     seed: int = 0,
     min_reply_chars: int = MIN_REPLY_CHARS,
+    rejected: str = "shuffled",
 ) -> list[dict]:
     """Preference rows from the plays (all when None) in TRL's conversational format (see the
     module docstring); rejected replies come from these plays only, so a split draws on itself.
@@ -391,15 +394,25 @@ def preference_pairs(
     rows (300 in 95%; the trainer cuts the rest, as TRL does). `seed` breaks the ties
     among replies of equal length, so it picks which one is rejected; the same seed, the same
     pairs. Replies under `min_reply_chars` are left out (MIN_REPLY_CHARS says why), and so are
-    rows without a stand-in (a lone play, say)."""
+    rows without a stand-in (a lone play, say).
+
+    `rejected`: "shuffled" (the default, the recipe's), the chosen reply's own words in a random
+    order, laid out in its lines: the same words and length, no longer grammar or metre; or
+    "other_reply", the swapped reply described above, which needs the dialogue understood
+    (docs/results.md: a 1M-parameter chat model does not learn it in 300 steps)."""
     names = sorted(_play_paths()) if play_names is None else list(play_names)
     rows = _exchanges(names, max_chars, min_reply_chars)
-    rejected = _stand_ins(rows, max_chars, seed)
+    if rejected == "shuffled":
+        stand_ins = {
+            i: {**row, "reply": shuffled_words(row["reply"], seed, i)} for i, row in enumerate(rows)
+        }
+    else:
+        stand_ins = {i: rows[j] for i, j in _stand_ins(rows, max_chars, seed).items()}
     pairs = []
     for i, row in enumerate(rows):
-        if i not in rejected:
+        other = stand_ins.get(i)
+        if other is None or other["reply"] == row["reply"]:
             continue
-        other = rows[rejected[i]]
         system = f"You are {row['answerer']} in {row['title']}."
         pairs.append(
             {
@@ -416,12 +429,32 @@ def preference_pairs(
     return pairs
 
 
+def shuffled_words(text: str, seed: int, index: int) -> str:
+    """`text`'s words in an order drawn from (seed, index), refilled into its lines (each keeps
+    its word count), so that line breaks and length tell nothing apart; `text` itself when its
+    words cannot be reordered (one word, or all alike)."""
+    lines = [line.split() for line in text.split("\n")]
+    words = [word for line in lines for word in line]
+    if len(set(words)) < 2:
+        return text
+    rng = random.Random(f"{seed}-{index}")
+    order = words[:]
+    while order == words:
+        rng.shuffle(order)
+    out, at = [], 0
+    for line in lines:
+        out.append(" ".join(order[at : at + len(line)]))
+        at += len(line)
+    return "\n".join(out)
+
+
 def write_preference_pairs(
     output_dir: str | Path,
     validation: list[str] | tuple[str, ...] = VALIDATION_PLAYS,
     groups: list[str] | None = None,
     max_chars: int = 240,
     seed: int = 0,
+    rejected: str = "shuffled",
 ) -> dict[str, Path]:
     """preference_pairs() as output_dir/{train,validation}.jsonl: pairs from the `validation`
     plays (both answers from them) in validation, from the other plays (of `groups` when given)
@@ -429,7 +462,7 @@ def write_preference_pairs(
     folder = Path(output_dir)
     splits = _split_plays(groups, list(validation))
     for split, plays in splits.items():
-        if len(plays) < 2:
+        if rejected == "other_reply" and len(plays) < 2:
             raise HfminiError(
                 f"preference pairs take their rejected answers from another play of the same "
                 f"split, and {split} has only {plays[0]!r}: name at least two plays for each"
@@ -437,5 +470,5 @@ def write_preference_pairs(
     paths = {}
     for split, plays in splits.items():
         paths[split] = folder / f"{split}.jsonl"
-        _write_jsonl(paths[split], preference_pairs(plays, max_chars, seed))
+        _write_jsonl(paths[split], preference_pairs(plays, max_chars, seed, rejected=rejected))
     return paths
