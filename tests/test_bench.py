@@ -113,3 +113,19 @@ def test_launcher_single_thread_default_is_undone(monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_the_preference_bench_times_each_loss_against_sft(tmp_path):
+    from hfmini.bench.preference import VARIANTS, bench_preference
+
+    result = bench_preference(str(TINY_RECIPE), 1, 1, tmp_path, preset="nano")
+    for name in VARIANTS:
+        entry = result[name]
+        assert entry["steps_per_second"] > 0 and entry["tokens_per_second"] > 0
+        assert 0 < entry["step_time_vs_sft"] < float("inf")
+    assert result["sft"]["step_time_vs_sft"] == 1.0
+    # A pair puts two sequences through the model where its SFT twin puts one.
+    assert result["dpo"]["tokens_per_second"] / result["dpo"]["rows_per_second"] > (
+        1.5 * result["sft"]["tokens_per_second"] / result["sft"]["rows_per_second"]
+    )

@@ -18,11 +18,12 @@ from hfmini.bench.data import bench_data
 from hfmini.bench.finetuning import bench_finetuning, peak_memory_of_run
 from hfmini.bench.generation import bench_generation
 from hfmini.bench.packing import bench_packing
+from hfmini.bench.preference import bench_preference
 from hfmini.bench.report import machine, print_table
 from hfmini.bench.timing import REPO_RECIPE
 from hfmini.bench.training import bench_training
 
-SECTIONS = ["data", "training", "finetuning", "packing", "generation"]
+SECTIONS = ["data", "training", "finetuning", "packing", "generation", "preference"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "packing": lambda: bench_packing(work_dir, args.rounds),
             "generation": lambda: bench_generation(args.recipe),
+            "preference": lambda: bench_preference(
+                args.recipe, args.rounds, args.steps_per_round, work_dir
+            ),
         }
         results = {"machine": machine(), "recipe": args.recipe}
         results |= {name: run() for name, run in sections.items() if name in args.only}

@@ -115,12 +115,28 @@ def _data_rows(data: dict) -> list[tuple[str, str, str]]:
     ]
 
 
+def _preference_rows(pref: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    for name in ("sft", "dpo", "dpo_precomputed", "simpo"):
+        entry = pref[name]
+        rows.append(
+            (
+                f"preference: {name} step",
+                f"{entry['tokens_per_second']:,.0f} tok/s",
+                f"{entry['rows_per_second']:.1f} rows/s, {entry['step_time_vs_sft']:.2f}× an SFT "
+                f"step's time ({pref['model']}, {pref['precision']})",
+            )
+        )
+    return rows
+
+
 ROW_MAKERS = {
     "training": _training_rows,
     "finetuning": _finetuning_rows,
     "packing": _packing_rows,
     "generation": _generation_rows,
     "data": _data_rows,
+    "preference": _preference_rows,
 }
 
 
