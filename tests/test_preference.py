@@ -293,7 +293,10 @@ def test_reference_log_probs_computed_ahead_give_the_same_run(tiny_base, tmp_pat
 def test_each_loss_trains(tiny_base, tmp_path, pairs, loss_type):
     extra = {"robust": ("--label_smoothing", "0.1"), "simpo": ("--beta", "2.0")}.get(loss_type, ())
     out = tmp_path / loss_type
-    args = dpo_args(out, tiny_base, pairs(), 3, "--loss_type", loss_type, *extra)
+    # With a weight average too: it averages any model, whatever its loss.
+    args = dpo_args(
+        out, tiny_base, pairs(), 3, "--loss_type", loss_type, *extra, "--ema_decay", "0.5"
+    )
     metrics = run_training(parse_config(args))
     reset_accelerate()
     assert metrics["pair_loss"] < metrics["start_pair_loss"]
