@@ -397,3 +397,31 @@ def test_the_loss_curve_draws_the_reward_accuracy_beside_the_pair_losses(tmp_pat
     run.mkdir()
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert plot_runs([run], tmp_path / "curve.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_two_processes_weigh_every_pair_like_one(tiny_base, tmp_path, pairs):
+    """2 torchrun processes × 4 pairs against 1 process × 8 pairs: one optimizer step, the same
+    weights and logged loss; the held-out rewards are all-reduced into the same figures."""
+    from conftest import run_command, torchrun_command
+
+    def args(name, batch, lr="0.01"):
+        extra = ["--per_device_train_batch_size", str(batch), "--adam_epsilon", "1"]
+        extra += ["--weight_decay", "0", "--max_grad_norm", "0", "--lr_scheduler_type", "constant"]
+        return dpo_args(tmp_path / name, tiny_base, pairs(), 1, "--learning_rate", lr, *extra)
+
+    two = run_command(torchrun_command(*args("two", 4)))
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "4 per device × 1 accumulation × 2 processes" in two.stderr
+    one = run_training(parse_config(args("one", 8)))
+    reset_accelerate()
+    run_training(parse_config(args("start", 8, lr="1e-12")))
+    reset_accelerate()
+    weights = {n: load_file(tmp_path / n / "model.safetensors") for n in ("one", "two", "start")}
+    step = max_difference(weights["one"], weights["start"])
+    difference = max_difference(weights["one"], weights["two"])
+    print(f"max |Δw| 2 processes × 4 pairs against 1 × 8: {difference:.2e}, a step of {step:.2e}")
+    assert step > 1e-5 and difference < 1e-3 * step
+    final = json.loads((tmp_path / "two" / "eval_results.json").read_text())
+    for name in ("rewards/accuracies", "rewards/margins", "pair_loss"):
+        assert final[name] == pytest.approx(one[name], rel=1e-4, abs=1e-6), name
