@@ -35,3 +35,8 @@ DEFAULT_MAX_NEW_TOKENS = 200
 
 # Preference losses, under TRL's names (DPOConfig.loss_type; simpo: CPOConfig's).
 PREFERENCE_LOSSES = ("sigmoid", "robust", "ipo", "simpo")
+# GRPO's losses, under TRL's names (GRPOConfig.loss_type): they differ in how the token losses are
+# averaged (per completion, over a fixed length, over every token of the step).
+GRPO_LOSSES = ("grpo", "dr_grpo", "dapo")
+# How GRPO scales the rewards' distance from their group's mean (GRPOConfig.scale_rewards).
+SCALE_REWARDS = ("group", "batch", "none")

@@ -4,14 +4,17 @@ without the hardware. The probing itself lives in hfmini.models.device."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from hfmini.config.checks import require_finite_non_negative, require_positive
 from hfmini.config.defaults import (
     COMPILE_MIN_CPU_MINUTES,
     COMPILE_MIN_CPU_STEPS,
+    GRPO_LOSSES,
     OPTIMIZERS,
     PREFERENCE_LOSSES,
+    SCALE_REWARDS,
 )
 from hfmini.errors import HfminiError
 
@@ -64,19 +67,23 @@ class TrainArguments:
         },
     )
     muon_momentum: float = field(default=0.95, metadata={"help": "Muon's Nesterov momentum."})
-    loss_type: str = field(
-        default="sigmoid",
+    loss_type: str | None = field(
+        default=None,
         metadata={
-            "help": "preference rows: sigmoid (DPO), robust (DPO robust to label_smoothing's "
-            "share of flipped pairs), ipo (IPO, length-averaged as TRL) or simpo (SimPO: no "
-            "reference model, length-averaged log-probs, margin simpo_gamma)."
+            "help": "preference rows: sigmoid (DPO, the default), robust (DPO robust to "
+            "label_smoothing's share of flipped pairs), ipo (IPO, length-averaged as TRL) or "
+            "simpo (SimPO: no reference model, length-averaged log-probs, margin simpo_gamma). "
+            "GRPO (prompt rows with reward_funcs): dapo (the default: the mean over every "
+            "completion token of the step), grpo (each completion's mean, then their mean) or "
+            "dr_grpo (token sums over max_completion_length)."
         },
     )
-    beta: float = field(
-        default=0.1,
+    beta: float | None = field(
+        default=None,
         metadata={
-            "help": "preference rows: how far the model may move from the reference (DPO's beta; "
-            "IPO's tau; SimPO's reward scale, where 2.0 is usual)."
+            "help": "preference rows: how far the model may move from the reference (DPO's beta, "
+            "default 0.1; IPO's tau; SimPO's reward scale, where 2.0 is usual). GRPO: the KL "
+            "penalty's weight against the starting model (default 0: no reference model kept)."
         },
     )
     label_smoothing: float = field(
@@ -95,6 +102,64 @@ class TrainArguments:
             "help": "preference rows: score every pair with the reference once before training "
             "and drop the reference model (memory for one model, not two, while training)."
         },
+    )
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "GRPO on prompt rows: reward functions as path/to/file.py:function or "
+            "package.module:function, each called as TRL calls them: (prompts, completions, "
+            "completion_ids, **columns) -> one float (or None: not scored) per completion."
+        },
+    )
+    reward_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "GRPO: one weight per reward function (default: 1 each)."},
+    )
+    num_generations: int = field(
+        default=8,
+        metadata={
+            "help": "GRPO: completions sampled per prompt, a group whose mean reward is each "
+            "one's baseline; must divide per_device_train_batch_size (which counts completions)."
+        },
+    )
+    max_completion_length: int = field(
+        default=64,
+        metadata={
+            "help": "GRPO: tokens sampled per completion at most; prompts keep their last "
+            "block_size - max_completion_length tokens."
+        },
+    )
+    temperature: float = field(
+        default=1.0, metadata={"help": "GRPO: the sampling temperature of completions."}
+    )
+    top_p: float = field(default=1.0, metadata={"help": "GRPO: nucleus sampling; 1: off."})
+    top_k: int = field(default=0, metadata={"help": "GRPO: top-k sampling; 0: off."})
+    epsilon: float = field(
+        default=0.2,
+        metadata={"help": "GRPO: the policy ratio is clipped to [1 - epsilon, 1 + epsilon_high]."},
+    )
+    epsilon_high: float | None = field(
+        default=None,
+        metadata={"help": "GRPO: the ratio's upper clip (DAPO's clip-higher); default: epsilon."},
+    )
+    scale_rewards: str = field(
+        default="group",
+        metadata={
+            "help": "GRPO: divide each reward's distance from its group mean by the group's "
+            "standard deviation (group), the micro-batch's over every process (batch), or "
+            "not at all (none: Dr. GRPO)."
+        },
+    )
+    num_iterations: int = field(
+        default=1,
+        metadata={
+            "help": "GRPO: optimizer steps on each batch of completions (GRPO's mu); above 1 the "
+            "policy ratio to the sampling policy is clipped by epsilon."
+        },
+    )
+    mask_truncated_completions: bool = field(
+        default=False,
+        metadata={"help": "GRPO: leave completions cut at max_completion_length out of the loss."},
     )
     max_grad_norm: float = field(
         default=1.0, metadata={"help": "Clip gradients to this norm; 0: no clipping."}
@@ -244,13 +309,32 @@ class TrainArguments:
         if self.push_to_hub and not self.hub_model_id:
             raise HfminiError("push_to_hub needs hub_model_id: add --hub_model_id user/name")
 
+    @property
+    def is_grpo(self) -> bool:
+        """Reward functions make a run GRPO (on prompt rows); else pairs make it preference
+        tuning, and anything else next-token prediction."""
+        return bool(self.reward_funcs)
+
     def _check_preference(self) -> None:
-        if self.loss_type not in PREFERENCE_LOSSES:
-            raise HfminiError(
-                f"loss_type {self.loss_type!r} is not one of {', '.join(PREFERENCE_LOSSES)}"
+        """loss_type and beta take their defaults here, by the method reward_funcs choose."""
+        losses = GRPO_LOSSES if self.is_grpo else PREFERENCE_LOSSES
+        if self.loss_type is None:
+            self.loss_type = "dapo" if self.is_grpo else "sigmoid"
+        if self.loss_type not in losses:
+            method = "GRPO (reward_funcs are set)" if self.is_grpo else "preference pairs"
+            other = "preference pairs" if self.is_grpo else "GRPO (with reward_funcs)"
+            hint = (
+                f"; {self.loss_type} is a loss of {other}"
+                if self.loss_type in (GRPO_LOSSES + PREFERENCE_LOSSES)
+                else ""
             )
+            raise HfminiError(
+                f"loss_type {self.loss_type!r} is not one of {method}'s: {', '.join(losses)}{hint}"
+            )
+        if self.beta is None:
+            self.beta = 0.0 if self.is_grpo else 0.1
         require_finite_non_negative(self, "beta")
-        if self.beta == 0:
+        if self.beta == 0 and not self.is_grpo:
             raise HfminiError("beta must be above 0 (0.1 is DPO's usual value, 2.0 SimPO's)")
         require_finite_non_negative(self, "simpo_gamma")
         require_finite_non_negative(self, "label_smoothing")
@@ -262,10 +346,57 @@ class TrainArguments:
                 f"label_smoothing has no effect on loss_type {self.loss_type}: use loss_type "
                 "robust (DPO with that share of flipped pairs) or simpo, or drop label_smoothing"
             )
+        self._check_grpo()
+
+    def _check_grpo(self) -> None:
+        if self.reward_weights is not None:
+            if not self.is_grpo:
+                raise HfminiError("reward_weights needs reward_funcs: add --reward_funcs FILE:NAME")
+            if len(self.reward_weights) != len(self.reward_funcs):
+                raise HfminiError(
+                    f"reward_weights has {len(self.reward_weights)} values for "
+                    f"{len(self.reward_funcs)} reward_funcs: give one weight per function"
+                )
+            if not all(math.isfinite(w) for w in self.reward_weights):
+                raise HfminiError(f"reward_weights must be finite, got {self.reward_weights}")
+        if self.num_generations < 2:
+            raise HfminiError(
+                f"num_generations must be at least 2, got {self.num_generations}: GRPO's "
+                "baseline is the mean reward of a prompt's completions"
+            )
+        if self.is_grpo and self.per_device_train_batch_size % self.num_generations:
+            raise HfminiError(
+                f"per_device_train_batch_size {self.per_device_train_batch_size} counts "
+                f"completions and must be a multiple of num_generations {self.num_generations} "
+                "(whole groups per batch): change either"
+            )
+        for name in ("max_completion_length", "num_iterations"):
+            require_positive(self, name)
+        require_finite_non_negative(self, "temperature")
+        if self.temperature == 0:
+            raise HfminiError(
+                "temperature must be above 0: GRPO learns from the differences between sampled "
+                "completions, and greedy ones of a prompt are all alike"
+            )
+        if not 0 < self.top_p <= 1:
+            raise HfminiError(f"top_p must be in (0, 1] (1: off), got {self.top_p}")
+        if self.top_k < 0:
+            raise HfminiError(f"top_k must be >= 0 (0: off), got {self.top_k}")
+        require_finite_non_negative(self, "epsilon")
+        if self.epsilon_high is not None:
+            require_finite_non_negative(self, "epsilon_high")
+        if self.scale_rewards not in SCALE_REWARDS:
+            raise HfminiError(
+                f"scale_rewards must be one of {', '.join(SCALE_REWARDS)}, got "
+                f"{self.scale_rewards!r}"
+            )
 
     @property
     def needs_reference(self) -> bool:
-        """Does the preference loss compare with a reference model (all but SimPO)?"""
+        """Does the loss compare with a reference model? Preference losses but SimPO; GRPO with
+        a KL penalty (beta above 0)."""
+        if self.is_grpo:
+            return self.beta > 0
         return self.loss_type != "simpo"
 
     def device_on(self, cuda: bool, mps: bool) -> str:

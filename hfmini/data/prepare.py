@@ -34,6 +34,14 @@ from hfmini.data.preference import (
     pair_text_batch,
     tokenize_pairs,
 )
+from hfmini.data.prompts import (
+    PreparedPrompts,
+    PromptSet,
+    check_prompt_rows,
+    is_prompt_only,
+    prompt_text_batch,
+    tokenize_prompts,
+)
 from hfmini.data.readers import expand_data_files, load_local
 from hfmini.data.sft import (
     check_splits,
@@ -123,7 +131,11 @@ def prepare_data(config, resume_path: Path | None = None) -> tuple[PreparedData,
     if config.data.streaming:
         return prepare_stream(config, resume_path)
     raw, origins = load_raw(config.data)
-    if is_preference(raw["train"].column_names):
+    columns = raw["train"].column_names
+    check_method_fits_data(config, columns)
+    if is_prompt_only(columns):
+        return prepare_prompts(config, raw, origins, resume_path)
+    if is_preference(columns):
         return prepare_pairs(config, raw, origins, resume_path)
     if data_format(raw["train"].column_names, config.data.text_column) != "language_modeling":
         return prepare_examples(config, raw, origins, resume_path)
@@ -199,6 +211,68 @@ def prepare_examples(config, raw, origins: dict, resume_path=None) -> tuple[Prep
         train_bytes=int(byte_lengths[train.tokens.long()].sum()),
         truncated_examples=truncated,
         dropped_train_tokens=cut,
+    )
+    return prepared, tokenizer
+
+
+def check_method_fits_data(config, columns: list[str]) -> None:
+    """Reward functions and prompt-only rows go together (GRPO); either alone is a mistake."""
+    args = config.train
+    if is_prompt_only(columns) and not args.is_grpo:
+        raise HfminiError(
+            "the rows have a prompt and no answer, which GRPO learns from by sampling answers "
+            "and scoring them: add --reward_funcs path/to/rewards.py:function (or give "
+            "completion, chosen/rejected or messages columns to learn from answers)"
+        )
+    if args.is_grpo and not is_prompt_only(columns):
+        raise HfminiError(
+            f"reward_funcs are set (GRPO), but the data has answers ({', '.join(columns)}): "
+            "GRPO needs prompt-only rows (a prompt column and no completion); drop reward_funcs "
+            "to learn from the answers"
+        )
+
+
+def prepare_prompts(config, raw, origins: dict, resume_path=None) -> tuple[PreparedPrompts, Any]:
+    """The data stage for GRPO's prompt-only rows, top to bottom."""
+    data_args, args = config.data, config.train
+    conversational = check_prompt_rows(raw, origins)
+    splits, tokenizer = split_rows_and_tokenizer(config, raw, prompt_text_batch, resume_path)
+    origin = apply_template(tokenizer, data_args.chat_template) if conversational else "none needed"
+    room = data_args.block_size - args.max_completion_length
+    if room < 1:
+        raise HfminiError(
+            f"max_completion_length {args.max_completion_length} leaves no room for a prompt in "
+            f"block_size {data_args.block_size} (prompt + completion): lower "
+            "max_completion_length or raise block_size"
+        )
+    max_prompt = min(room, data_args.max_prompt_length or room)
+    tokenized = tokenize_prompts(splits, tokenizer, max_prompt, data_args.preprocessing_num_workers)
+    train = PromptSet(tokenized["train"], splits["train"])
+    validation = PromptSet(tokenized["validation"], splits["validation"])
+    logger.info(
+        "data: prompts (%s) for GRPO, loss_type %s; chat template: %s; %d train, %d held out, "
+        "each at most %d tokens + %d sampled%s",
+        "conversational" if conversational else "standard",
+        args.loss_type,
+        origin,
+        len(train),
+        len(validation),
+        max_prompt,
+        args.max_completion_length,
+        f"; {train.cut} prompt tokens cut from the left to fit" if train.cut else "",
+    )
+    byte_lengths = torch.tensor(token_byte_lengths(tokenizer), dtype=torch.int64)
+    prepared = PreparedPrompts(
+        train_prompts=train,
+        eval_prompts=validation,
+        block_size=data_args.block_size,
+        pad_id=tokenizer.pad_token_id,
+        train_bytes=int(byte_lengths[train.tokens.long()].sum()),
+        num_generations=args.num_generations,
+        num_iterations=args.num_iterations,
+        accumulation=args.gradient_accumulation_steps,
+        conversational=conversational,
+        dropped_train_tokens=train.cut,
     )
     return prepared, tokenizer
 
@@ -328,6 +402,15 @@ def eval_examples(data_args, tokenizer, block_size: int) -> SequenceDataset | No
     else:
         raw, origins = load_raw(data_args)
     columns = next(iter(raw.values())).column_names
+    if is_prompt_only(columns):  # GRPO's held-out prompts, scored as training scored them
+        check_prompt_rows(raw, origins)
+        if "validation" not in raw:
+            raw = hold_out_validation(raw, data_args.validation_split_percentage, "rows")
+        validation = DatasetDict({"validation": raw["validation"]})
+        tokenized = tokenize_prompts(
+            validation, tokenizer, block_size, data_args.preprocessing_num_workers
+        )
+        return PromptSet(tokenized["validation"], raw["validation"]).as_sequences()
     if is_preference(columns):  # the chosen answers of the held-out pairs, as training scored
         check_pair_rows(raw, origins)
         if "validation" not in raw:

@@ -64,6 +64,7 @@ def build_model_card(
     base_model: str | None = None,
     chat: bool = False,
     preference: bool = False,
+    grpo: bool = False,
 ) -> ModelCard:
     """The card of a finished run; `precision` is the mixed precision it trained in ("no", "bf16",
     "fp16"), as the run's Accelerator used it; `base_model` the Hub id it was fine-tuned from
@@ -71,7 +72,8 @@ def build_model_card(
     to, named by its folder's name only); `chat`: trained
     on conversations, with a chat template (usage shows messages; scores are of the answers);
     `preference`: tuned on preference pairs (the method and its beta named, the held-out
-    reward accuracy shown)."""
+    reward accuracy shown); `grpo`: tuned by GRPO (the reward functions named, the held-out mean
+    reward shown)."""
     args = config.train
     data_name, data_text, hub_datasets = describe_data(config.data)
     kind = config.training_kind()
@@ -121,6 +123,16 @@ def build_model_card(
             (f"Held-out reward accuracy{when}", results[f"{prefix}rewards/accuracies"])
             for prefix, when in (("", ""), ("start_", " of the starting model"))
             if f"{prefix}rewards/accuracies" in results
+        ]
+    if grpo:
+        summary = (
+            f"`{origin}` tuned with hfmini by reinforcement learning from rewards: "
+            f"{grpo_method(args)}, {how_tuned(config)}, on prompts from {data_text}."
+        )
+        before += [
+            (f"Held-out mean reward{when}", results[f"{prefix}reward"])
+            for prefix, when in (("", ""), ("start_", " of the starting model"))
+            if f"{prefix}reward" in results
         ]
     if args.init_from_checkpoint:
         start = continued_from(args.init_from_checkpoint)
@@ -177,6 +189,23 @@ def preference_method(args) -> str:
         "no reference model" if args.loss_type == "simpo" else "the starting model as reference"
     )
     return f"{method}; {reference})"
+
+
+def grpo_method(args) -> str:
+    """GRPO as TRL names its settings, with the reward functions it learned from."""
+    weights = args.reward_weights or [1.0] * len(args.reward_funcs)
+    rewards = ", ".join(
+        f"`{spec.rpartition(':')[2]}`" + (f" × {w:g}" if w != 1.0 else "")
+        for spec, w in zip(args.reward_funcs, weights, strict=True)
+    )
+    method = (
+        f"GRPO (loss_type {args.loss_type}, {args.num_generations} completions per prompt of "
+        f"up to {args.max_completion_length} tokens at temperature {args.temperature:g}, "
+        f"epsilon={args.epsilon:g}, beta={args.beta:g}"
+    )
+    if args.num_iterations > 1:
+        method += f", num_iterations={args.num_iterations}"
+    return f"{method}; rewards: {rewards})"
 
 
 def card_tags(kind: str, model_type: str) -> list[str]:

@@ -210,11 +210,13 @@ def save_checkpoint(
     ema=None,
     config_dict: dict | None = None,
     data_position: dict | None = None,
+    objective_state: dict | None = None,
 ) -> Path:
     """Write step-N atomically on all processes (each saves its own RNG state); main renames.
     `ema` (hfmini.training.ema.WeightAverage), when given, is saved with it; `config_dict` (the run's
     settings) as training_config.yaml, which `hfmini eval` reads for the data source. `data_position`
-    (TrainingData.position(): a stream's state): each process saves where its reading stands.
+    (TrainingData.position(): a stream's state): each process saves where its reading stands;
+    `objective_state` (GRPO's sampler state and kept rollouts): each process saves its own.
 
     Cost: a full copy of model + optimizer state (about 3× the weights in fp32) to disk.
     """
@@ -232,6 +234,8 @@ def save_checkpoint(
         accelerator.save_state(str(tmp))
         if data_position is not None:
             torch.save(data_position, tmp / f"stream-{accelerator.process_index}.pt")
+        if objective_state is not None:
+            torch.save(objective_state, tmp / f"objective-{accelerator.process_index}.pt")
         if accelerator.is_main_process:
             torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
 
@@ -357,6 +361,19 @@ def load_data_position(path: Path, accelerator) -> dict:
         raise HfminiError(
             f"checkpoint {path} holds no stream position for process {accelerator.process_index}"
             ": resume with the number of processes and the streaming setting it was saved with"
+        )
+    return torch.load(file, weights_only=True)
+
+
+def load_objective_state(path: Path, accelerator) -> dict:
+    """This process's objective state (GRPO's sampler and kept rollouts) in checkpoint `path`."""
+    import torch
+
+    file = path / f"objective-{accelerator.process_index}.pt"
+    if not file.is_file():
+        raise HfminiError(
+            f"checkpoint {path} holds no sampler state for process {accelerator.process_index}: "
+            "resume with the number of processes it was saved with"
         )
     return torch.load(file, weights_only=True)
 

@@ -108,33 +108,50 @@ def plot_runs(
     return out_path
 
 
+# What a run's right-hand axis shows, by the metric it logged: a preference run's reward
+# accuracy, a GRPO run's mean reward of its sampled completions.
+SECOND_AXES = (
+    ("rewards/accuracies", "reward accuracy (chosen above rejected)", (-0.02, 1.02)),
+    ("reward", "mean reward of the sampled completions", None),
+)
+
+
 def draw_reward_accuracy(axis, accuracy, rows: list[dict], label: str, color: str):
-    """A preference run's reward accuracy (train dashed, held-out pairs marked) on a right-hand
-    axis of `axis`, made on first use; returns that axis (None while no run has one)."""
-    series = [
-        (key, [r for r in rows if key in r], style)
-        for key, style in (
-            ("train/rewards/accuracies", {"linestyle": "--", "alpha": 0.55}),
-            ("eval/rewards/accuracies", {"marker": "s", "markersize": 4}),
-        )
-    ]
-    if not any(points for _, points, _ in series):
+    """A preference run's reward accuracy, or a GRPO run's mean reward (train dashed, held-out
+    marked), on a right-hand axis of `axis`, made on first use; returns that axis (None while no
+    run has one)."""
+    candidates = [(t, lim, second_axis_series(rows, name)) for name, t, lim in SECOND_AXES]
+    found = next((c for c in candidates if any(points for _, points, _ in c[2])), None)
+    if found is None:
         return accuracy
+    title, limits, series = found
     if accuracy is None:
         accuracy = axis.twinx()
-        accuracy.set_ylabel("reward accuracy (chosen above rejected)")
-        accuracy.set_ylim(-0.02, 1.02)
+        accuracy.set_ylabel(title)
+        if limits:
+            accuracy.set_ylim(*limits)
     for key, points, style in series:
         if points:
             accuracy.plot(
                 [r["step"] for r in points],
                 [r[key] for r in points],
                 color=color,
-                label=f"{label} {key.split('/')[0]} reward accuracy",
+                label=f"{label} {key.split('/')[0]} {title.split(' (')[0]}",
                 **style,
             )
     accuracy.legend(fontsize=8, loc="lower right")
     return accuracy
+
+
+def second_axis_series(rows: list[dict], name: str) -> list[tuple[str, list[dict], dict]]:
+    """(key, its rows, line style) of train/<name> (dashed) and eval/<name> (marked)."""
+    return [
+        (key, [r for r in rows if key in r], style)
+        for key, style in (
+            (f"train/{name}", {"linestyle": "--", "alpha": 0.55}),
+            (f"eval/{name}", {"marker": "s", "markersize": 4}),
+        )
+    ]
 
 
 def write_atomically(path: Path, data: bytes, what: str, then: str) -> None:

@@ -10,6 +10,7 @@ import logging
 import torch
 
 from hfmini.data.preference import PREFERENCE_FORMAT
+from hfmini.data.prompts import PROMPT_FORMAT
 from hfmini.models.device import peak_memory_bytes, without_compile
 from hfmini.models.size import count_parameters
 from hfmini.outputs.card import write_model_card
@@ -96,6 +97,7 @@ def export(run: Run, metrics: dict, samples: list[tuple[str, str]]) -> None:
                 run.base_model,
                 chat=run.is_chat,
                 preference=run.data.format == PREFERENCE_FORMAT,
+                grpo=run.data.format == PROMPT_FORMAT,
             )
         logger.info("model saved to %s", args.output_dir)
         if args.push_to_hub:

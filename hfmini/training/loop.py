@@ -18,6 +18,7 @@ from accelerate.utils import is_compiled_module
 from tqdm.auto import tqdm
 
 from hfmini.data.preference import PREFERENCE_FORMAT
+from hfmini.data.prompts import PROMPT_FORMAT
 from hfmini.models.device import without_compile
 from hfmini.training.interrupt import StopRequest
 from hfmini.training.run import Run, check_finite, save, save_to_resume, stop_agreed
@@ -158,9 +159,14 @@ def training_step(run: Run, batch: dict[str, torch.Tensor]) -> bool:
 
 def nominal_items(run: Run) -> int:
     """The items of an optimizer step of full blocks over every process: B × (T - 1) × GA × P
-    label tokens; of preference pairs, B × GA × P pairs."""
+    label tokens; of preference pairs, B × GA × P pairs; of GRPO's B completions, their
+    B × max_completion_length tokens at most (dapo) or B completions (grpo, dr_grpo)."""
     args = run.config.train
-    per_row = 1 if run.data.format == PREFERENCE_FORMAT else run.data.block_size - 1
+    per_row = run.data.block_size - 1
+    if run.data.format == PREFERENCE_FORMAT:
+        per_row = 1
+    elif run.data.format == PROMPT_FORMAT:
+        per_row = args.max_completion_length if args.loss_type == "dapo" else 1
     per_batch = args.per_device_train_batch_size * per_row
     return per_batch * args.gradient_accumulation_steps * run.accelerator.num_processes
 
@@ -238,6 +244,18 @@ def on_step_end(run: Run, progress, stop: StopRequest) -> bool:
     return bool(save_now)
 
 
+def divided_metrics(sums: dict[str, float], items: float, objective) -> dict[str, float]:
+    """The objective's metric sums as means: each over the count its objective names (GRPO's
+    `divisors`: completions, tokens, ...), else over the loss's items. Names starting with "_"
+    are counts, not logged."""
+    divisors = getattr(objective, "divisors", {})
+    return {
+        name: value / max(1.0, sums[divisors[name]] if name in divisors else items)
+        for name, value in sums.items()
+        if not name.startswith("_")
+    }
+
+
 def log_training(run: Run, progress) -> None:
     """Loss, learning rate, gradient norm, tokens/s and MFU of the window; then restart it."""
     acc, state, window = run.accelerator, run.state, run.window
@@ -265,9 +283,11 @@ def log_training(run: Run, progress) -> None:
             state.epoch, state.batches_in_epoch, run.batches_per_epoch
         ),
     }
-    extra = {name: value / max(1.0, items) for name, value in zip(names, others, strict=True)}
+    extra = divided_metrics(dict(zip(names, others, strict=True)), items, run.objective)
     metrics.update({f"train/{name}": value for name, value in extra.items()})
     run.run_logger.log(metrics, step=state.step)
+    if getattr(run.objective, "latest", None):  # GRPO: the newest completions and their rewards
+        run.run_logger.log_completions(run.objective.latest, step=state.step)
     # With a time budget the bar counts percent of the run, so the step goes beside it.
     step = {"step": state.step} if run.length.has_budget else {}
     if "rewards/accuracies" in extra:  # preference pairs: how often chosen wins, and by how much
@@ -275,6 +295,8 @@ def log_training(run: Run, progress) -> None:
             "acc": f"{extra['rewards/accuracies']:.2f}",
             "margin": f"{extra['rewards/margins']:.3f}",
         }
+    if "reward" in extra:  # GRPO: the sampled completions' mean reward
+        step |= {"reward": f"{extra['reward']:.3f}"}
     progress.set_postfix(
         **step,
         loss=f"{loss:.3f}",

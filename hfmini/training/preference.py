@@ -14,6 +14,7 @@ logps/chosen, logps/rejected. TRL's DPOTrainer gives the same numbers (tests/tes
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 
@@ -150,14 +151,22 @@ def reference_forward(reference, model, batch: dict) -> torch.Tensor:
     """The reference's (2B,) log-probs: the frozen module, or the model with LoRA off."""
     if reference is not None:
         return sequence_logps(reference, batch)[0]
+    with without_adapter(model) as plain:
+        return sequence_logps(plain, batch)[0]
+
+
+@contextlib.contextmanager
+def without_adapter(model):
+    """The LoRA model with its adapter off and dropout off: the starting model, as a frozen
+    copy of it would compute (no second copy in memory)."""
     plain = model.module if hasattr(model, "module") else model  # DDP's wrapper holds no adapter
     if not is_peft_model(plain):
         raise HfminiError("a reference model is needed but none was built")  # a bug, not input
     was_training = plain.training
-    plain.eval()  # dropout off, as for a frozen copy
+    plain.eval()
     try:
         with plain.disable_adapter():
-            return sequence_logps(plain, batch)[0]
+            yield plain
     finally:
         plain.train(was_training)
 
@@ -170,6 +179,11 @@ def frozen_reference(config: Config, model: torch.nn.Module) -> torch.nn.Module 
     if not args.needs_reference or config.model.use_peft:
         return None
     if config.model.from_scratch:
+        if args.is_grpo:
+            raise HfminiError(
+                f"beta {args.beta} weighs a KL penalty to a reference model, the one training "
+                "starts from: set model_name_or_path (a trained model), or beta 0"
+            )
         raise HfminiError(
             f"loss_type {args.loss_type} compares with a reference model, the one training "
             "starts from: set model_name_or_path (a trained model), or loss_type simpo, which "

@@ -139,6 +139,9 @@ def save(run: Run) -> Path:
         run.ema,
         run.config.to_dict(),
         data_position=run.data.position(),
+        objective_state=(
+            run.objective.state_dict() if hasattr(run.objective, "state_dict") else None
+        ),
     )
     logger.info("checkpoint saved: %s", path)
     if args.push_to_hub and args.hub_strategy == "every_save" and run.accelerator.is_main_process:

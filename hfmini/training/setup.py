@@ -18,6 +18,7 @@ from hfmini.cache import check_cache_writable
 from hfmini.config import Config
 from hfmini.data.preference import PREFERENCE_FORMAT, sequences_per_row
 from hfmini.data.prepare import prepare_data
+from hfmini.data.prompts import PROMPT_FORMAT
 from hfmini.data.training_data import TrainingData
 from hfmini.errors import HfminiError
 from hfmini.models.device import is_sharded
@@ -40,6 +41,7 @@ from hfmini.outputs.checkpoint import (
     load_checkpoint,
     load_data_position,
     load_for_new_run,
+    load_objective_state,
     resolve_init_path,
     save_weights_as_model,
     training_settings,
@@ -55,6 +57,7 @@ from hfmini.training.accelerator import (
 )
 from hfmini.training.budget import Progress, RunLength, TrainClock, run_length
 from hfmini.training.ema import weight_average_for
+from hfmini.training.grpo import GRPOObjective
 from hfmini.training.objectives import objective_for
 from hfmini.training.optimizers import build_optimizer
 from hfmini.training.preference import PreferenceObjective, frozen_reference
@@ -87,10 +90,15 @@ def setup(config: Config) -> Run:
         config, tokenizer, source, attention_for(accelerator.device, accelerator.mixed_precision)
     )
     reference = None
-    if data.format == PREFERENCE_FORMAT:
+    if data.format == PROMPT_FORMAT and is_sharded(accelerator):
+        raise HfminiError(
+            "GRPO samples completions with the whole model on each process, which FSDP and "
+            "DeepSpeed shard: train with DDP (accelerate launch --multi_gpu) or one process"
+        )
+    if data.format in (PREFERENCE_FORMAT, PROMPT_FORMAT):
         check_reference_possible(config, accelerator, init_path)
         # A frozen copy of the starting weights, made before a checkpoint is loaded into the
-        # model (None with LoRA or SimPO).
+        # model (None with LoRA, SimPO, or GRPO without a KL penalty).
         reference = frozen_reference(config, model)
     per_token = flops_per_token(model, data.block_size)
     optimizer = build_optimizer(model, args)
@@ -117,15 +125,19 @@ def setup(config: Config) -> Run:
     if resume_path is not None:
         state = resume(accelerator, resume_path, config, data, scheduler, progress, length)
     device = accelerator.device
+    if data.format == PROMPT_FORMAT:
+        objective = GRPOObjective(config, data, tokenizer, reference, accelerator)
+        if resume_path is not None:  # the sampler goes on where it stood
+            objective.load_state_dict(load_objective_state(resume_path, accelerator))
+    elif data.format == PREFERENCE_FORMAT:
+        objective = PreferenceObjective(config, reference)
+    else:
+        objective = objective_for(config)
     run = Run(
         config=config,
         accelerator=accelerator,
         model=model,
-        objective=(
-            PreferenceObjective(config, reference)
-            if data.format == PREFERENCE_FORMAT
-            else objective_for(config)
-        ),
+        objective=objective,
         optimizer=optimizer,
         scheduler=scheduler,
         train_loader=loader,
@@ -215,20 +227,24 @@ def check_before_work(
 
 
 def check_reference_possible(config: Config, accelerator, init_path: Path | None) -> None:
-    """A preference loss that compares with a reference model, where none can be kept."""
+    """A loss that compares with a reference model, where none can be kept."""
     args = config.train
     if not args.needs_reference:
         return
+    what = (
+        f"beta {args.beta} (GRPO's KL penalty)" if args.is_grpo else f"loss_type {args.loss_type}"
+    )
+    instead = "beta 0" if args.is_grpo else "loss_type simpo"
     if is_sharded(accelerator):
         raise HfminiError(
-            f"loss_type {args.loss_type} keeps a reference model, which FSDP and DeepSpeed do "
-            "not shard yet: train with DDP or one process, or use loss_type simpo"
+            f"{what} keeps a reference model, which FSDP and DeepSpeed do not shard yet: train "
+            f"with DDP or one process, or use {instead}"
         )
     if init_path is not None:
         raise HfminiError(
-            f"loss_type {args.loss_type} takes the starting weights as its reference, and "
-            "init_from_checkpoint loads them too late for that: start from the checkpoint's "
-            "weights with --model_name_or_path CHECKPOINT instead, or use loss_type simpo"
+            f"{what} takes the starting weights as its reference, and init_from_checkpoint "
+            "loads them too late for that: start from the checkpoint's weights with "
+            f"--model_name_or_path CHECKPOINT instead, or use {instead}"
         )
 
 

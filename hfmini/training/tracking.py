@@ -84,7 +84,13 @@ class RunLogger:
     def log(self, metrics: dict, step: int) -> None:
         if not self.accelerator.is_main_process:
             return
-        line = (json.dumps({"step": step, **metrics}) + "\n").encode("utf-8")
+        self._append({"step": step, **metrics})
+        if self.accelerator.trackers:
+            self.accelerator.log(metrics, step=step)
+
+    def _append(self, row: dict) -> None:
+        """One JSON line onto metrics.jsonl; a full disk or a read-only folder is one line."""
+        line = (json.dumps(row) + "\n").encode("utf-8")
         size = self.path.stat().st_size if self.path.is_file() else 0
         try:
             with self.path.open("ab") as handle:
@@ -102,8 +108,27 @@ class RunLogger:
                 f"cannot write {self.path} ({err.strerror or err}): make {self.path.parent} "
                 "writable, then resume with --resume_from_checkpoint latest"
             ) from None
-        if self.accelerator.trackers:
-            self.accelerator.log(metrics, step=step)
+
+    def log_completions(self, rows: list[dict], step: int) -> None:
+        """GRPO's newest sampled completions with their rewards and advantages: one line of
+        metrics.jsonl ({"step", "completions": [...]}) and a table on W&B (text on TensorBoard)."""
+        if not self.accelerator.is_main_process or not rows:
+            return
+        self._append({"step": step, "completions": rows})
+        columns = list(rows[0])
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "wandb":
+                import wandb
+
+                table = wandb.Table(
+                    columns=["step", *columns], data=[[step, *r.values()] for r in rows]
+                )
+                tracker.log({"train/completions": table}, step=step)
+            elif tracker.name == "tensorboard":
+                text = "\n\n".join(
+                    " | ".join(f"**{k}** {v}" for k, v in row.items()) for row in rows
+                )
+                tracker.writer.add_text("train/completions", text, global_step=step)
 
     def log_samples(self, samples: list[tuple[str, str]], step: int) -> None:
         """A table of (prompt, generated text) on trackers that show tables (W&B)."""
@@ -195,7 +220,9 @@ def _log_batch(config, accelerator, data, tokens_per_step: int, length) -> None:
         config.train.gradient_accumulation_steps,
         accelerator.num_processes,
         tokens_per_step // data.block_size,
-        "sequences (chosen and rejected)" if sequences_per_row(data.format) == 2 else "blocks",
+        {"preference": "sequences (chosen and rejected)", "prompt_only": "completions"}.get(
+            data.format, "blocks"
+        ),
         tokens_per_step,
         length.describe(),
         tokens,

@@ -10,12 +10,14 @@ from pathlib import Path
 
 from hfmini.config import SAMPLING_DEFAULTS
 from hfmini.data.preference import PREFERENCE_FORMAT
+from hfmini.data.prompts import PROMPT_FORMAT
 from hfmini.models.sampling import generate_text
 from hfmini.outputs.export import resume_hint
 from hfmini.outputs.plot import plot_runs
 from hfmini.run_folder import LOSS_CURVE_FILE
 from hfmini.training.accelerator import inference_model
 from hfmini.training.evaluation import score_validation
+from hfmini.training.grpo import score_prompts
 from hfmini.training.interrupt import StopRequest
 from hfmini.training.preference import score_pairs
 from hfmini.training.run import Run, stop_agreed
@@ -41,6 +43,10 @@ def validate(run: Run, stop: StopRequest, final: bool) -> tuple[dict, list] | No
         return None
     if run.data.format == PREFERENCE_FORMAT:  # the held-out pairs' rewards, beside the drift
         metrics |= score_pairs(
+            run.objective, model, run.data, batch_size, acc, scoring["max_blocks"]
+        )
+    if run.data.format == PROMPT_FORMAT:  # the held-out prompts' rewards, beside the drift
+        metrics |= score_prompts(
             run.objective, model, run.data, batch_size, acc, scoring["max_blocks"]
         )
     samples = []
@@ -83,6 +89,20 @@ def validate(run: Run, stop: StopRequest, final: bool) -> tuple[dict, list] | No
                 metrics["rewards/accuracies"],
                 metrics["rewards/margins"],
                 metrics["pair_loss"],
+            )
+        if "reward" in metrics:
+            logger.info(
+                "step %d: held-out prompts: mean reward %.4f (%s), completions %.1f tokens, "
+                "%.0f%% cut at max_completion_length",
+                run.state.step,
+                metrics["reward"],
+                ", ".join(
+                    f"{k.split('/')[1]} {v:.4f}"
+                    for k, v in metrics.items()
+                    if k.startswith("rewards/") and k.endswith("/mean")
+                ),
+                metrics["completions/mean_length"],
+                100 * metrics["completions/clipped_ratio"],
             )
         for prompt, text in samples:
             logger.info("sample:\n%s%s", prompt, text)
