@@ -3,6 +3,7 @@ import torch
 
 from hfmini.config import ModelArguments
 from hfmini.errors import HfminiError
+from hfmini.models.batch_sampling import sample_batch
 from hfmini.models.gpt2 import build_model
 from hfmini.models.sampling import decode, generate_text, sampling_warpers
 from hfmini.models.tokenizer import train_tokenizer
@@ -107,3 +108,108 @@ def test_bad_sampling_arguments(model_and_tokenizer, kwargs, message):
     model, tokenizer = model_and_tokenizer
     with pytest.raises(HfminiError, match=message):
         generate_text(model, tokenizer, "x", **kwargs)
+
+
+# --- sample_batch: many prompts at once (hfmini/models/batch_sampling.py) ---
+
+
+def tiny_gpt2(attn_implementation: str = "sdpa"):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=2, n_embd=32, n_head=2, vocab_size=50, n_positions=64, initializer_range=0.1
+    )
+    config._attn_implementation = attn_implementation
+    return GPT2LMHeadModel(config).eval()
+
+
+PAD = 0
+PROMPTS = [[5, 9, 13, 2, 41, 7, 30], [11, 3], [22, 8, 19, 44]]  # different lengths
+
+
+def left_padded(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, prompts))
+    ids = torch.tensor([[PAD] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_greedy_batch_equals_each_row_decoded_alone(attn_implementation):
+    """Left padding, explicit positions and the batched cache must change nothing: each row gets
+    exactly the tokens `decode` gives it alone, a row stopping early at the stop token included."""
+    model = tiny_gpt2(attn_implementation)
+    steps = 12
+    # The stop token: what greedy decoding of row 1 produces at its 4th step, so row 1 stops early.
+    stop = decode(model, PROMPTS[1], steps)[3]
+    expected = [decode(model, p, steps, eos_token_id=stop) for p in PROMPTS]
+    assert len(expected[1]) <= 4 < steps
+    assert len({len(e) for e in expected}) > 1, "rows should stop at different steps"
+    ids, mask = left_padded(PROMPTS)
+    completion, completion_mask = sample_batch(
+        model, ids, mask, steps, None, stop_ids=[stop], pad_id=PAD, sample=False
+    )
+    assert completion.shape[1] == max(map(len, expected))
+    for row, want in enumerate(expected):
+        length = int(completion_mask[row].sum())
+        assert completion[row, :length].tolist() == want
+
+
+def test_batch_mask_covers_through_the_first_stop_then_pads():
+    model = tiny_gpt2().train()  # sample_batch samples in eval mode and restores this
+    ids, mask = left_padded(PROMPTS)
+    stop = decode(model.eval(), PROMPTS[1], 8)[2]
+    model.train()
+    completion, completion_mask = sample_batch(
+        model, ids, mask, 8, None, stop_ids={stop, 49}, pad_id=PAD, sample=False
+    )
+    assert model.training
+    assert completion.shape == completion_mask.shape and completion.shape[1] <= 8
+    for row in range(len(PROMPTS)):
+        tokens, kept = completion[row].tolist(), completion_mask[row].tolist()
+        first_stop = next((i for i, t in enumerate(tokens) if t in {stop, 49}), None)
+        length = len(tokens) if first_stop is None else first_stop + 1
+        assert kept == [1] * length + [0] * (len(tokens) - length)
+        assert tokens[length:] == [PAD] * (len(tokens) - length)
+    assert completion_mask[1].tolist().count(1) <= 3 < completion.shape[1]
+
+
+def test_batch_sampling_repeats_with_a_seed_and_varies_without():
+    model = tiny_gpt2()
+    ids, mask = left_padded(PROMPTS * 2)
+    warpers = sampling_warpers(1.0, None, None)
+
+    def draw(seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return sample_batch(model, ids, mask, 10, warpers, [], PAD, generator=generator)[0]
+
+    assert torch.equal(draw(1), draw(1))
+    assert not torch.equal(draw(1), draw(2))
+
+
+@pytest.mark.parametrize("temperature, top_k", [(1.0, None), (0.5, 10)])
+def test_batch_first_token_follows_the_warped_softmax(temperature, top_k):
+    """2000 identical prompts, one token each: the tokens' frequencies must match the model's
+    warped next-token distribution (top-k zeroes all but 10 tokens; the tolerance is ~4 sigma)."""
+    model = tiny_gpt2()
+    prompt = torch.tensor([[5, 9, 13, 2]])
+    warpers = sampling_warpers(temperature, top_k, None)
+    with torch.no_grad():
+        logits = model(prompt).logits[:, -1, :].float()
+    expected = torch.softmax(warpers(prompt, logits), dim=-1)[0]  # (vocab,)
+    rows = 2000
+    generator = torch.Generator().manual_seed(0)
+    completion, _ = sample_batch(
+        model,
+        prompt.expand(rows, -1),
+        torch.ones(rows, 4, dtype=torch.long),
+        1,
+        warpers,
+        [],
+        PAD,
+        generator=generator,
+    )
+    counts = torch.bincount(completion[:, 0], minlength=expected.numel()).float()
+    assert (counts / rows - expected).abs().max() < 0.05
+    assert counts[expected == 0].sum() == 0
