@@ -92,6 +92,11 @@ def policy_loss(
     if args.beta != 0.0:
         delta = ref_logps - logps
         kl = torch.exp(delta) - delta - 1  # k3, an unbiased estimate of KL(π ‖ π_ref) ≥ 0
+        # Weighted by the (differentiable) ratio to the sampling policy, as TRL ≥ 1.16 does by
+        # default (use_bias_correction_kl): the unbiased reverse-KL gradient of DeepSeek-V3.2.
+        # It changes the gradient even on-policy, where the ratio is 1 but its gradient is not 0.
+        if getattr(args, "use_bias_correction_kl", True):
+            kl = kl * ratio
         per_token = per_token + args.beta * kl
         metrics["kl"] = (kl.detach() * mask).sum()
     tokens = mask.sum()
