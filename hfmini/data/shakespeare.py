@@ -43,6 +43,13 @@ reply is chosen once and rejected once and the two sides differ only in whether 
 prompt, not in style or length:
 
     python -m hfmini.shakespeare --preference_pairs --output_dir output/shakespeare-dpo-data
+
+GRPO prompts (`grpo_prompts`, `write_grpo_prompts`): TRL's prompt-only conversational rows,
+{"prompt": [system, user], "answerer": ..., "play": ..., "reply": ...}: the same exchanges as the
+preference pairs' prompts, the answer left for the model to sample; the extra columns reach the
+reward functions (recipes/shakespeare-grpo/rewards.py), the play's own reply as a reference:
+
+    python -m hfmini.shakespeare --grpo_prompts --output_dir output/shakespeare-grpo-data
 """
 
 from __future__ import annotations
@@ -306,7 +313,7 @@ def write_conversations(
     return paths
 
 
-def _exchanges(play_names: list[str], max_chars: int, min_reply_chars: int) -> list[dict]:
+def _exchanges(play_names: list[str] | None, max_chars: int, min_reply_chars: int) -> list[dict]:
     """Every single exchange the conversations are cut from, in play and scene order:
     {"play", "title", "answerer", "said", "reply"}, said + reply at most `max_chars` characters,
     the reply at least `min_reply_chars`."""
@@ -319,6 +326,13 @@ def _exchanges(play_names: list[str], max_chars: int, min_reply_chars: int) -> l
                     | {"reply": reply}
                 )
     return rows
+
+
+def _prompt(exchange: dict) -> list[dict]:
+    """One exchange's prompt as the conversations begin it: the system message naming the
+    answerer and the play, then the user's speech."""
+    system = f"You are {exchange['answerer']} in {exchange['title']}."
+    return [{"role": "system", "content": system}, {"role": "user", "content": exchange["said"]}]
 
 
 def _stands_in(row: dict, other: dict, max_chars: int) -> bool:
@@ -413,13 +427,9 @@ def preference_pairs(
         other = stand_ins.get(i)
         if other is None or other["reply"] == row["reply"]:
             continue
-        system = f"You are {row['answerer']} in {row['title']}."
         pairs.append(
             {
-                "prompt": [
-                    {"role": "system", "content": system},
-                    {"role": "user", "content": row["said"]},
-                ],
+                "prompt": _prompt(row),
                 "chosen": [{"role": "assistant", "content": row["reply"]}],
                 "rejected": [{"role": "assistant", "content": other["reply"]}],
                 "play": row["play"],
@@ -471,4 +481,39 @@ def write_preference_pairs(
     for split, plays in splits.items():
         paths[split] = folder / f"{split}.jsonl"
         _write_jsonl(paths[split], preference_pairs(plays, max_chars, seed, rejected=rejected))
+    return paths
+
+
+def grpo_prompts(
+    play_names: list[str] | None = None, max_chars: int = 160, min_reply_chars: int = 1
+) -> list[dict]:
+    """Prompt-only rows from the plays (all when None) in TRL's conversational format, for GRPO:
+    {"prompt": [system, user], "answerer", "play", "reply"}. The prompt is one exchange as the
+    conversations cut it; the other columns go to the reward functions beside each completion
+    (TRL passes every column but the prompt as keyword lists): the character who answers, the
+    play, and the reply the play gives (a reference: what the plays themselves score). `max_chars`
+    bounds the speech plus that reply, as for preference pairs: at 160, 99% of prompts with the
+    system message and the template are at most 80 tokens of `make train`'s 2k BPE, which leaves
+    48 of a 128-token context to the completion."""
+    rows = _exchanges(play_names, max_chars, min_reply_chars)
+    return [
+        {"prompt": _prompt(row), "answerer": row["answerer"], "play": row["play"]}
+        | {"reply": row["reply"]}
+        for row in rows
+    ]
+
+
+def write_grpo_prompts(
+    output_dir: str | Path,
+    validation: list[str] | tuple[str, ...] = VALIDATION_PLAYS,
+    groups: list[str] | None = None,
+    max_chars: int = 160,
+) -> dict[str, Path]:
+    """grpo_prompts() as output_dir/{train,validation}.jsonl: the `validation` plays' prompts in
+    validation, the other plays' (of `groups` when given) in train."""
+    folder = Path(output_dir)
+    paths = {}
+    for split, plays in _split_plays(groups, list(validation)).items():
+        paths[split] = folder / f"{split}.jsonl"
+        _write_jsonl(paths[split], grpo_prompts(plays, max_chars))
     return paths
