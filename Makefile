@@ -8,7 +8,7 @@ RECIPE ?= recipes/shakespeare/config.yaml
 # Tests and the default run never reach the Hub or W&B servers.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: chat-recipe dpo-recipe install train play-groups test test-slow bench docs notebook lint format clean
+.PHONY: chat-recipe dpo-recipe grpo-recipe life install train play-groups test test-slow bench docs notebook lint format clean
 
 $(BIN)/hfmini: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -72,14 +72,31 @@ dpo-recipe: install
 		recipes/train.py --config recipes/shakespeare-dpo/config.yaml $(ARGS)
 	$(OFFLINE) $(BIN)/python recipes/shakespeare-dpo/compare.py output
 
+# Reinforcement learning from rewards, shown: the chat model (`make chat-recipe`'s, made first if
+# missing) tuned by GRPO on rewards a person can read: lines of ten syllables, known words, an
+# ended turn (recipes/shakespeare-grpo/rewards.py). Prints the held-out rewards before and after.
+grpo-recipe: install
+	test -f output/shakespeare-chat/model.safetensors || $(MAKE) chat-recipe
+	$(BIN)/python -m hfmini.shakespeare --grpo_prompts --output_dir output/shakespeare-grpo-data
+	test -f output/shakespeare-grpo/model.safetensors || $(OFFLINE) $(BIN)/python \
+		recipes/train.py --config recipes/shakespeare-grpo/config.yaml $(ARGS)
+	$(OFFLINE) $(BIN)/python recipes/shakespeare-grpo/compare.py output
+
+# The whole life of a small LLM: pretraining, SFT, DPO and GRPO on the plays, each stage starting
+# from the last, and one page of what each stage did (output/life/README.md). A stage whose model
+# exists is kept; `make life ARGS=--quick` runs a few steps a stage.
+life: install
+	$(OFFLINE) $(BIN)/python -m hfmini.life --output_dir output/life $(ARGS)
+
 # The configuration reference, generated from the dataclasses' help (a test checks it is current).
 docs: install
 	$(BIN)/python -m hfmini.config > docs/configuration.md
 
-# The walkthrough notebook, run top to bottom on a fresh kernel and saved with its outputs (the copy
-# in git shows them); its model lands in notebooks/output/.
+# The walkthrough notebooks, run top to bottom on a fresh kernel and saved with their outputs (the
+# copies in git show them); their models land in notebooks/output/.
 notebook: install
 	cd notebooks && $(OFFLINE) $(abspath $(BIN))/jupyter execute --inplace --timeout=1800 gpt2_from_scratch.ipynb
+	cd notebooks && $(OFFLINE) $(abspath $(BIN))/jupyter execute --inplace --timeout=3600 life_of_a_small_llm.ipynb
 
 lint: install
 	$(BIN)/ruff format --check . && $(BIN)/ruff check .

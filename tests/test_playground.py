@@ -160,6 +160,19 @@ def test_the_card_shows_eval_results_json(playground, plain_dir, chat_dir):
     assert f"| parameters | {sum(p.numel() for p in model.parameters()):,} (counted" in card
 
 
+def test_the_card_shows_what_preference_tuning_and_grpo_raised(playground, plain_dir, tmp_path):
+    """A DPO or GRPO folder's card: the held-out reward accuracy or mean reward, start → end, so
+    that switching between the stages of `make life` shows what each one did."""
+    for key, name in (("rewards/accuracies", "reward accuracy"), ("reward", "mean reward")):
+        tuned = tmp_path / name.replace(" ", "-")
+        shutil.copytree(plain_dir, tuned)
+        results = json.loads((tuned / "eval_results.json").read_text())
+        results |= {key: 0.875, f"start_{key}": 0.25}
+        (tuned / "eval_results.json").write_text(json.dumps(results))
+        assert f"| {name} | 0.2500 → 0.8750 |" in Playground([tuned]).card(str(tuned))
+    assert "reward" not in playground.card(str(plain_dir))
+
+
 def test_the_loss_curve_is_the_runs_png_else_drawn_from_metrics(plain_dir, chat_dir, tmp_path):
     png = plain_dir / "loss_curve.png"
     assert Playground([plain_dir]).loss_curve(str(plain_dir)) == (str(png), "")

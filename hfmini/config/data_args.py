@@ -101,9 +101,10 @@ class DataArguments:
     max_prompt_length: int | None = field(
         default=None,
         metadata={
-            "help": "preference rows: a longer prompt keeps its last this many tokens (cut from "
-            "the left, as TRL). Default: no cut; a pair whose prompt leaves no room for an "
-            "answer is dropped and counted in the log."
+            "help": "preference and GRPO prompt rows: a longer prompt keeps its last this many "
+            "tokens (cut from the left, as TRL). Default: preference pairs, no cut (a pair whose "
+            "prompt leaves no room for an answer is dropped and counted in the log); GRPO, "
+            "block_size - max_completion_length, which also bounds it."
         },
     )
     packing: bool = field(

@@ -122,6 +122,12 @@ class Playground:
             perplexity = results.get("perplexity")
             also = f" (perplexity {perplexity:.2f})" if perplexity is not None else ""
             rows.append(("validation loss", f"{results['eval_loss']:.4f} nats/token{also}"))
+        # What preference tuning and GRPO raised, held out, from the starting model to this one.
+        for key, name in (("rewards/accuracies", "reward accuracy"), ("reward", "mean reward")):
+            if isinstance(results.get(key), int | float):
+                start = results.get(f"start_{key}")
+                before = f"{start:.4f} → " if isinstance(start, int | float) else ""
+                rows.append((name, f"{before}{results[key]:.4f}"))
         if "step" in results:
             tokens = results.get("tokens_seen")
             also = f", {tokens:,} tokens seen" if tokens is not None else ""
