@@ -129,3 +129,35 @@ def test_the_preference_bench_times_each_loss_against_sft(tmp_path):
     assert result["dpo"]["tokens_per_second"] / result["dpo"]["rows_per_second"] > (
         1.5 * result["sft"]["tokens_per_second"] / result["sft"]["rows_per_second"]
     )
+
+
+def test_the_grpo_bench_times_sampling_and_the_update_apart(tmp_path, tiny_base):
+    from hfmini.bench.grpo import bench_grpo
+    from hfmini.bench.report import print_table
+
+    # The session's tiny model (nano, 64-token context), 2 prompts × 2 completions of 8 tokens,
+    # one round of one call each: seconds.
+    result = bench_grpo(
+        str(TINY_RECIPE),
+        1,
+        1,
+        tmp_path,
+        num_generations=2,
+        prompts_per_step=2,
+        max_completion_length=8,
+        base=tiny_base,
+    )
+    sampling, update = result["sampling"], result["update"]
+    assert result["model"] == "tiny (2, 2, 64)" and result["completions_per_step"] == 4
+    assert sampling["completions_per_second"] == 4 * sampling["rollouts_per_second"] > 0
+    # At most 8 tokens generated per completion; at least one (a stop token ends it at once).
+    assert 4 <= sampling["sampled_tokens_per_rollout"] <= 4 * 8
+    # The update reads every prompt and completion position: (4, Tp + Tc), Tc at most 8 (less
+    # when all 4 completions stopped early).
+    assert 0 < result["completion_width"] <= 8
+    assert update["tokens_per_step"] == pytest.approx(
+        4 * (result["prompt_width"] + result["completion_width"])
+    )
+    assert 0 < update["completion_tokens_per_second"] < update["tokens_per_second"]
+    assert 0 < result["sampling_share"] < 1.5 and 0 < result["update_share"] < 1.5
+    print_table({"machine": "test", "grpo": result})

@@ -1,7 +1,7 @@
 """`make bench`: how much model per minute hfmini gets from this machine, as side-by-side ratios.
 
     python -m hfmini.bench [--recipe recipes/shakespeare/config.yaml] [--output output/bench.json]
-                           [--only data training finetuning packing generation]
+                           [--only data training finetuning packing generation preference grpo]
 
 1. Training: tokens/s of hfmini's real training step (`hfmini.training.loop.training_step` on a Run built
    by `setup` from the recipe) vs. a minimal eager PyTorch loop (forward, backward, AdamW step) on
@@ -20,6 +20,10 @@
    with position ids (attention kept within each example), one example per sequence padded, and
    packed without position ids (attention crossing examples: wrong, the plain causal speed).
 5. Data: tokenizer training MB/s, tokenize-and-pack MB/s, and a second (cached) data preparation.
+6. Preference: a DPO, precomputed-reference DPO and SimPO step against an SFT step (preference.py).
+7. GRPO: one step split into its rollout (completions/s and tokens generated per second by
+   sample_batch, KV-cached) and its policy update (prompt + completion tokens/s through forward,
+   backward and the optimizer step), and the share of a full step spent sampling (grpo.py).
 
 `--only packing generation` runs some sections.
 """

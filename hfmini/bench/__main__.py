@@ -17,13 +17,14 @@ if TYPE_CHECKING:
 from hfmini.bench.data import bench_data
 from hfmini.bench.finetuning import bench_finetuning, peak_memory_of_run
 from hfmini.bench.generation import bench_generation
+from hfmini.bench.grpo import bench_grpo
 from hfmini.bench.packing import bench_packing
 from hfmini.bench.preference import bench_preference
 from hfmini.bench.report import machine, print_table
 from hfmini.bench.timing import REPO_RECIPE
 from hfmini.bench.training import bench_training
 
-SECTIONS = ["data", "training", "finetuning", "packing", "generation", "preference"]
+SECTIONS = ["data", "training", "finetuning", "packing", "generation", "preference", "grpo"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             "preference": lambda: bench_preference(
                 args.recipe, args.rounds, args.steps_per_round, work_dir
             ),
+            "grpo": lambda: bench_grpo(args.recipe, args.rounds, args.steps_per_round, work_dir),
         }
         results = {"machine": machine(), "recipe": args.recipe}
         results |= {name: run() for name, run in sections.items() if name in args.only}

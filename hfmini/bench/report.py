@@ -130,6 +130,33 @@ def _preference_rows(pref: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _grpo_rows(grpo: dict) -> list[tuple[str, str, str]]:
+    sampling, update = grpo["sampling"], grpo["update"]
+    shape = (
+        f"{grpo['prompts_per_step']} prompts × {grpo['num_generations']} completions of at most "
+        f"{grpo['max_completion_length']} tokens; {grpo['model']}, {grpo['precision']}"
+    )
+    return [
+        (
+            "grpo: sampling (KV cache)",
+            f"{sampling['sampled_tokens_per_second']:,.0f} tok/s",
+            f"{sampling['completions_per_second']:.1f} completions/s, tokens generated; {shape}",
+        ),
+        (
+            "grpo: policy update",
+            f"{update['tokens_per_second']:,.0f} tok/s",
+            "prompt + completion tokens through forward, backward and the optimizer step "
+            f"({update['completion_tokens_per_second']:,.0f} completion tok/s)",
+        ),
+        (
+            "grpo: step spent sampling",
+            f"{grpo['sampling_share']:.0%}",
+            f"update {grpo['update_share']:.0%}; full step {grpo['step']['steps_per_second']:.2f} "
+            "steps/s, each part timed alone",
+        ),
+    ]
+
+
 ROW_MAKERS = {
     "training": _training_rows,
     "finetuning": _finetuning_rows,
@@ -137,6 +164,7 @@ ROW_MAKERS = {
     "generation": _generation_rows,
     "data": _data_rows,
     "preference": _preference_rows,
+    "grpo": _grpo_rows,
 }
 
 
