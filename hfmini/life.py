@@ -11,8 +11,9 @@ data, the output); a stage whose model exists is not run again. The page (OUTPUT
 measures every stage's model on the same held-out plays (Twelfth Night, Julius Caesar, The
 Tempest, never trained on):
 - bits per byte of their text (what pretraining lowers);
-- reward accuracy: the share of held-out preference pairs whose chosen answer the model finds
-  more likely than the rejected one (summed log-probs; what DPO raises);
+- ranking accuracy: the share of held-out preference pairs whose chosen answer the model finds
+  more likely than the rejected one (summed log-probs), and DPO's reward accuracy against its
+  reference, the SFT model (what DPO raises);
 - reward: the GRPO stage's reward functions on sampled answers to held-out prompts (what GRPO
   raises);
 - and the same prompts answered by every stage.
@@ -175,14 +176,27 @@ def answer_logp(model, tokenizer, prompt: list[dict], answer: str) -> float:
     return float(token_logps[max(start, 1) - 1 :].sum())
 
 
-def reward_accuracy(model, tokenizer, pairs: list[dict]) -> float:
-    """Share of pairs whose chosen answer is the more likely one."""
-    wins = sum(
-        answer_logp(model, tokenizer, p["prompt"], p["chosen"][0]["content"])
-        > answer_logp(model, tokenizer, p["prompt"], p["rejected"][0]["content"])
+def pair_logps(model, tokenizer, pairs: list[dict]) -> list[tuple[float, float]]:
+    """(chosen, rejected) summed answer log-probs of each pair."""
+    return [
+        (
+            answer_logp(model, tokenizer, p["prompt"], p["chosen"][0]["content"]),
+            answer_logp(model, tokenizer, p["prompt"], p["rejected"][0]["content"]),
+        )
         for p in pairs
-    )
-    return wins / len(pairs)
+    ]
+
+
+def ranking_accuracy(logps: list[tuple[float, float]]) -> float:
+    """Share of pairs whose chosen answer the model finds more likely than the rejected one."""
+    return sum(c > r for c, r in logps) / len(logps)
+
+
+def reward_accuracy(logps, reference) -> float:
+    """TRL's rewards/accuracies: the share of pairs whose chosen answer's implicit reward
+    (log-prob gained over the reference; beta scales both sides alike) beats the rejected one's."""
+    pairs = zip(logps, reference, strict=True)
+    return sum((c - rc) > (r - rr) for (c, r), (rc, rr) in pairs) / len(logps)
 
 
 def sample_answers(model, tokenizer, prompt: list[dict], count: int, max_tokens: int, seed: int):
@@ -282,10 +296,19 @@ def measure(root: Path, quick: bool = False) -> dict:
         ]
         figures[stage.name] = {
             "bits_per_byte": evaluate(folder, data / "held-out-plays.txt")["bits_per_byte"],
-            "reward_accuracy": reward_accuracy(model, tokenizer, pairs),
+            "pair_logps": pair_logps(model, tokenizer, pairs),
             **rewards_of(grpo_config, prompts, answers),
             "answers": [group[0][0] for group in answers[: SHOWN[q]]],
         }
+    # The preference figures: each model's own ranking, and DPO's reward accuracy against its
+    # reference (the SFT model) for the stages after it.
+    reference = figures["sft"]["pair_logps"]
+    after_sft = [s.name for s in STAGES].index("sft") + 1
+    for n, stage in enumerate(STAGES):
+        f = figures[stage.name]
+        logps = f.pop("pair_logps")
+        f["ranking_accuracy"] = ranking_accuracy(logps)
+        f["reward_accuracy"] = reward_accuracy(logps, reference) if n >= after_sft else None
     figures["_rows"] = {"pairs": len(pairs), "prompts": len(prompts), "completions": COMPLETIONS[q]}
     figures["_shown"] = [
         {"prompt": row["prompt"], "reply": row["reply"]} for row in prompts[: SHOWN[q]]
@@ -301,8 +324,10 @@ def page(figures: dict, seconds: dict, machine: str) -> str:
     """The Markdown page: what every stage did, in figures and in answers."""
     names = [s.name for s in STAGES]
     counts = figures["_rows"]
-    reward_names = [k for k in figures[names[0]] if k not in ("bits_per_byte", "answers")]
-    reward_names.remove("reward_accuracy")
+    preference = ("ranking_accuracy", "reward_accuracy")
+    reward_names = [
+        k for k in figures[names[0]] if k not in ("bits_per_byte", "answers", *preference)
+    ]
     lines = [
         "# The life of a small LLM",
         "",
@@ -314,21 +339,25 @@ def page(figures: dict, seconds: dict, machine: str) -> str:
         + ", ".join(f"{n} {seconds.get(n, 0.0) / 60:.1f} min" for n in names)
         + f"; {sum(seconds.values()) / 60:.1f} min in all.",
         "",
-        "| stage | bits per byte ↓ | reward accuracy ↑ | "
+        "| stage | bits per byte ↓ | ranking accuracy ↑ | reward accuracy ↑ | "
         + " | ".join(f"{k} ↑" for k in reward_names)
         + " |",
-        "|---" * (3 + len(reward_names)) + "|",
+        "|---" * (4 + len(reward_names)) + "|",
     ]
     for n in names:
         f = figures[n]
-        cells = [f"{f['bits_per_byte']:.4f}", f"{f['reward_accuracy']:.3f}"]
+        dpo = "—" if f["reward_accuracy"] is None else f"{f['reward_accuracy']:.3f}"
+        cells = [f"{f['bits_per_byte']:.4f}", f"{f['ranking_accuracy']:.3f}", dpo]
         cells += [f"{f[k]:.3f}" for k in reward_names]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "- bits per byte: the held-out plays' text (lower is better).",
-        f"- reward accuracy: of {counts['pairs']} held-out preference pairs (the play's reply "
+        f"- ranking accuracy: of {counts['pairs']} held-out preference pairs (the play's reply "
         "against its words shuffled), the share whose chosen answer the model finds more likely.",
+        "- reward accuracy: DPO's (TRL's `rewards/accuracies`) on the same pairs, against DPO's "
+        "reference, the SFT model: the share whose chosen answer gained more log-probability "
+        "than the rejected one.",
         f"- reward: the GRPO stage's reward functions on {counts['prompts']} held-out prompts × "
         f"{counts['completions']} sampled answers (temperature 1); `reward` is their weighted sum.",
         "- The pretrained model has no chat template: it reads the speech in the plays' layout "

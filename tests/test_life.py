@@ -67,8 +67,11 @@ def test_make_life_quick_runs_every_stage_and_writes_the_page(tmp_path):
     figures = json.loads((root / "life.json").read_text())["figures"]
     for stage in STAGES:
         f = figures[stage.name]
-        assert 0 < f["bits_per_byte"] < 20 and 0 <= f["reward_accuracy"] <= 1
+        assert 0 < f["bits_per_byte"] < 20 and 0 <= f["ranking_accuracy"] <= 1
         assert math.isfinite(f["reward"]) and len(f["answers"]) == 2
+    # DPO's reward accuracy is against its reference, the SFT model: none before DPO.
+    assert figures["pretrain"]["reward_accuracy"] is None is figures["sft"]["reward_accuracy"]
+    assert all(0 <= figures[s]["reward_accuracy"] <= 1 for s in ("dpo", "grpo"))
     card = (root / "grpo" / "README.md").read_text()
     assert "GRPO" in card and "scansion" in card
     code = (

@@ -376,9 +376,11 @@ def test_prompt_and_completion_of_different_kinds_are_refused(capsys, tmp_path):
 
 
 def test_a_prompt_without_completion_column_is_refused(capsys, tmp_path):
+    """Prompt-only rows are GRPO's data: without reward functions, the error names both ways."""
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hello"}] * 10)
     message = train_error(capsys, "--train_file", str(path), "--output_dir", str(tmp_path / "o"))
-    assert "has a 'prompt' column but no 'completion'" in message
+    assert "the rows have a prompt and no answer" in message
+    assert "--reward_funcs" in message and "completion" in message
 
 
 # --- chat templates ----------------------------------------------------------------------------

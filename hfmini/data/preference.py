@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from hfmini.data.packing import ExampleValidation, SequenceDataset, pad_sequences
-from hfmini.data.readers import file_and_row
+from hfmini.data.readers import row_location
 from hfmini.data.sft import _clean, _message_problem
 from hfmini.data.tokens import flat_tokens, row_lengths, tokenizer_fingerprint
 from hfmini.data.training_data import InMemoryData
@@ -104,19 +104,15 @@ def check_pair_rows(raw, origins: dict) -> bool:
     whether the rows are conversations (message lists)."""
     conversational = None
     for split, ds in raw.items():
-        what, files = origins.get(split, (f"the {split} data", None))
         columns = [name for name in ("prompt", *ANSWERS) if name in ds.column_names]
         for number, row in enumerate(ds.select_columns(columns)):
             problem = pair_problem(with_prompt(row))
             if problem is None:
                 conversational = isinstance(row["chosen"], list)
                 continue
-            if files:
-                file, line = file_and_row(files, number)
-                where = f"{what} {file} row {line + 1}"
-            else:
-                where = f"{what} ({split} split) row {number + 1}"
-            raise HfminiError(f"{where}: {problem}: fix or remove the row")
+            raise HfminiError(
+                f"{row_location(origins, split, number)}: {problem}: fix or remove the row"
+            )
     return bool(conversational)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from hfmini.data.packing import ExampleValidation, SequenceDataset
-from hfmini.data.readers import file_and_row
+from hfmini.data.readers import row_location
 from hfmini.data.sft import _clean, _message_problem
 from hfmini.data.tokens import flat_tokens, row_lengths, tokenizer_fingerprint
 from hfmini.data.training_data import InMemoryData
@@ -59,7 +59,6 @@ def check_prompt_rows(raw, origins: dict) -> bool:
     whether the prompts are conversations (message lists)."""
     conversational = None
     for split, ds in raw.items():
-        what, files = origins.get(split, (f"the {split} data", None))
         for number, row in enumerate(ds.select_columns(["prompt"])):
             problem = prompt_problem(row["prompt"])
             if problem is None and conversational is not None:
@@ -68,12 +67,9 @@ def check_prompt_rows(raw, origins: dict) -> bool:
             if problem is None:
                 conversational = isinstance(row["prompt"], list)
                 continue
-            if files:
-                file, line = file_and_row(files, number)
-                where = f"{what} {file} row {line + 1}"
-            else:
-                where = f"{what} ({split} split) row {number + 1}"
-            raise HfminiError(f"{where}: {problem}: fix or remove the row")
+            raise HfminiError(
+                f"{row_location(origins, split, number)}: {problem}: fix or remove the row"
+            )
     return bool(conversational)
 
 

@@ -440,3 +440,14 @@ def file_and_row(files: list[str], row: int) -> tuple[str, int]:
             return file, row
         row -= rows
     return files[-1], row
+
+
+def row_location(origins: dict, split: str, row: int) -> str:
+    """Where row `row` (0-based) of `split` came from, for an error: "the training data
+    path.jsonl row 7" when it was read from files, else "... (train split) row 7". `origins`
+    maps a split to (what it is, its files or None)."""
+    what, files = origins.get(split, (f"the {split} data", None))
+    if files:
+        file, line = file_and_row(files, row)
+        return f"{what} {file} row {line + 1}"
+    return f"{what} ({split} split) row {row + 1}"

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from hfmini.data.readers import file_and_row
+from hfmini.data.readers import row_location
 from hfmini.data.tokens import bos_ids, encode_batch, tokenizer_fingerprint
 from hfmini.errors import HfminiError
 from hfmini.models.chat_template import KNOWN_ROLES, end_of_turn_token
@@ -256,13 +256,9 @@ def tokenize_rows(splits, fmt: str, tokenizer, num_proc: int | None):
 def check_splits(raw, origins: dict, fmt: str, answers_only: bool) -> None:
     """check_rows on every split, errors naming the file and row (`origins`: see load_raw)."""
     for split, ds in raw.items():
-        what, files = origins.get(split, (f"the {split} data", None))
 
-        def where(row: int, what=what, files=files, split=split) -> str:
-            if files:
-                file, row = file_and_row(files, row)
-                return f"{what} {file} row {row + 1}"
-            return f"{what} ({split} split) row {row + 1}"
+        def where(row: int, split=split) -> str:
+            return row_location(origins, split, row)
 
         # Validation answers are always scored, so each validation row needs one too.
         check_rows(ds, fmt, answers_only or split == "validation", where)

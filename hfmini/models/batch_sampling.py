@@ -15,10 +15,22 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Collection
+from contextlib import contextmanager
 
 import torch
 
 from hfmini.models.sampling import _cache_argument
+
+
+@contextmanager
+def _eval_mode(model):
+    """The model in eval mode (no dropout) inside, its own mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _unwrapped(model):
@@ -58,76 +70,52 @@ def sample_batch(
     the outputs can be used freely next to autograd (and under DDP). The model is called as given.
     Cost: one host sync per token, the "all rows stopped" check.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        return _sample(
-            model,
-            prompt_ids,
-            prompt_mask,
-            max_new_tokens,
-            warpers,
-            stop_ids,
-            pad_id,
-            generator,
-            sample,
-        )
-    finally:
-        model.train(was_training)
-
-
-def _sample(
-    model,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    max_new_tokens: int,
-    warpers,
-    stop_ids: Collection[int],
-    pad_id: int,
-    generator: torch.Generator | None,
-    sample: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    batch, device = prompt_ids.shape[0], prompt_ids.device
-    cache_name = _cache_argument(_unwrapped(model))
-    extra = {"logits_to_keep": 1} if _keeps_last_logits_only(model) else {}
-    stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
-    mask = prompt_mask.to(device=device, dtype=torch.long)  # (B, T): grows a column per step
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, Tp): 0 at the first real token
-    next_position = positions[:, -1:] + 1  # (B, 1): left padding, so the last column is real
-    sequence = prompt_ids  # (B, T): what the warpers see
-    step_input, cache = prompt_ids, None
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)  # (B,)
-    tokens, kept = [], []  # max_new_tokens x (B, 1) each
-    for _ in range(max_new_tokens):
-        output = model(
-            input_ids=step_input,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            **{cache_name: cache},
-            **extra,
-        )
-        cache = output[cache_name]
-        scores = output.logits[:, -1, :].float()  # (B, vocab)
-        if warpers:
-            scores = warpers(sequence, scores)
-        if sample:
-            probs = torch.softmax(scores, dim=-1)
-            token = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
-        else:
-            token = scores.argmax(dim=-1, keepdim=True)  # (B, 1)
-        alive = ~finished[:, None]  # (B, 1): rows still producing, this step's stop token included
-        token = torch.where(alive, token, torch.full_like(token, pad_id))
-        tokens.append(token)
-        kept.append(alive)
-        finished = finished | torch.isin(token[:, 0], stops)
-        sequence = torch.cat([sequence, token], dim=1)
-        mask = torch.cat([mask, alive.long()], dim=1)  # a finished row's pads are never attended
-        step_input, positions = token, next_position
-        next_position = next_position + 1
-        if bool(finished.all()):  # host sync: the one per token, to stop early
-            break
-    if not tokens:
-        empty = torch.empty(batch, 0, dtype=torch.long, device=device)
-        return empty, empty.clone()
-    return torch.cat(tokens, dim=1), torch.cat(kept, dim=1).long()
+    with _eval_mode(model):
+        batch, device = prompt_ids.shape[0], prompt_ids.device
+        cache_name = _cache_argument(_unwrapped(model))
+        extra = {"logits_to_keep": 1} if _keeps_last_logits_only(model) else {}
+        stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
+        mask = prompt_mask.to(device=device, dtype=torch.long)  # (B, T): grows a column per step
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, Tp): 0 at the first real token
+        next_position = positions[:, -1:] + 1  # (B, 1): left padding, so the last column is real
+        sequence = prompt_ids  # (B, T): what the warpers see
+        step_input, cache = prompt_ids, None
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)  # (B,)
+        tokens, kept = [], []  # max_new_tokens x (B, 1) each
+        for _ in range(max_new_tokens):
+            output = model(
+                input_ids=step_input,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                **{cache_name: cache},
+                **extra,
+            )
+            cache = output[cache_name]
+            scores = output.logits[:, -1, :].float()  # (B, vocab)
+            if warpers:
+                scores = warpers(sequence, scores)
+            if sample:
+                probs = torch.softmax(scores, dim=-1)
+                token = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+            else:
+                token = scores.argmax(dim=-1, keepdim=True)  # (B, 1)
+            alive = ~finished[
+                :, None
+            ]  # (B, 1): rows still producing, this step's stop token included
+            token = torch.where(alive, token, torch.full_like(token, pad_id))
+            tokens.append(token)
+            kept.append(alive)
+            finished = finished | torch.isin(token[:, 0], stops)
+            sequence = torch.cat([sequence, token], dim=1)
+            mask = torch.cat(
+                [mask, alive.long()], dim=1
+            )  # a finished row's pads are never attended
+            step_input, positions = token, next_position
+            next_position = next_position + 1
+            if bool(finished.all()):  # host sync: the one per token, to stop early
+                break
+        if not tokens:
+            empty = torch.empty(batch, 0, dtype=torch.long, device=device)
+            return empty, empty.clone()
+        return torch.cat(tokens, dim=1), torch.cat(kept, dim=1).long()
