@@ -85,6 +85,21 @@ def test_make_life_quick_runs_every_stage_and_writes_the_page(tmp_path):
     )
     assert loaded.stdout.strip() == "ok", loaded.stderr[-2000:]
 
+    # The GRPO recipe's table, on these models: rewards before and after, and the samples.
+    compare = subprocess.run(
+        [sys.executable, "recipes/shakespeare-grpo/compare.py", str(root), "--before", "sft"]
+        + ["--after", "grpo", "--data", str(root / "data" / "grpo" / "validation.jsonl")]
+        + ["--prompts", "2", "--completions", "2", "--samples", "1"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert compare.returncode == 0, compare.stderr[-2000:]
+    assert "| scansion | before: sft |" in compare.stdout and "| known_words | " in compare.stdout
+    assert "## Held-out prompts" in compare.stdout
+
     # Again: every stage's model exists, so none is trained again; the page is measured anew.
     again = subprocess.run(
         ["make", "-s", "life", f"ARGS=--quick --output_dir {root}"],
