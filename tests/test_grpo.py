@@ -346,3 +346,61 @@ def test_resume_mid_grpo_with_reused_completions_is_exact(tmp_path, rewards_file
     assert rewards(resumed) == pytest.approx(rewards(tmp_path / "full"), rel=1e-6)
     a, b = load_file(tmp_path / "full/model.safetensors"), load_file(resumed / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+FAKE_SAMPLER_SCRIPT = """
+import runpy, sys
+sys.path.insert(0, {tests!r})
+from test_grpo import fake_completions
+from hfmini.training import grpo
+grpo.sample_batch = fake_completions([])  # completions that depend on the prompt only
+sys.argv = [{script!r}, *sys.argv[1:]]
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
+def test_two_processes_weigh_every_token_like_one(
+    tmp_path, rewards_file, tiny_base, monkeypatch, loss_type
+):
+    """2 torchrun processes × 8 completions against 1 process × 16: one optimizer step, the same
+    weights (dapo divides by the completion tokens of the whole step, over both processes; grpo
+    by its completions), and the same logged reward."""
+    from conftest import BIN, REPO, TRAIN_SCRIPT, run_command
+
+    monkeypatch.setattr(grpo, "sample_batch", fake_completions([]))
+    script = tmp_path / "train_with_fake_sampler.py"
+    script.write_text(
+        FAKE_SAMPLER_SCRIPT.format(tests=str(REPO / "tests"), script=str(TRAIN_SCRIPT))
+    )
+    step = ("--loss_type", loss_type, "--learning_rate", "0.01", "--warmup_steps", "0")
+    step += ("--lr_scheduler_type", "constant", "--adam_epsilon", "1", "--weight_decay", "0")
+    step += ("--max_grad_norm", "0", "--mixed_precision", "no", "--scale_rewards", "none")
+    functions = [f"{rewards_file}:length"]
+
+    def args(name, batch):
+        extra = ["--per_device_train_batch_size", str(batch), "--eval_steps", "0"]
+        return (
+            grpo_args(tmp_path, name, rewards_file, tiny_base, 1, *step, functions=functions)
+            + extra
+        )
+
+    torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(script)]
+    two = run_command([*torchrun, *args("two", 8)])
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "8 per device × 1 accumulation × 2 processes" in two.stderr
+    run_training(parse_config(args("one", 16)))
+    start = load_file(tiny_base / "model.safetensors")
+    one, two_w = (load_file(tmp_path / n / "model.safetensors") for n in ("one", "two"))
+    moved = max((one[k] - start[k]).abs().max().item() for k in one)
+    differ = max((one[k] - two_w[k]).abs().max().item() for k in one)
+    print(
+        f"{loss_type}: max |Δw| 2 processes × 8 against 1 × 16: {differ:.2e}, a step of {moved:.2e}"
+    )
+    assert moved > 1e-4 and differ < 1e-3 * moved, (moved, differ)
+    rewards = [
+        [r["train/reward"] for r in metric_rows(tmp_path / n) if "train/reward" in r]
+        for n in ("one", "two")
+    ]
+    assert rewards[0] == pytest.approx(rewards[1], rel=1e-5)

@@ -119,21 +119,13 @@ def build_model_card(
             f"`{origin}` preference-tuned with hfmini: {preference_method(args)}, "
             f"{how_tuned(config)}, on pairs of answers from {data_text}."
         )
-        before += [
-            (f"Held-out reward accuracy{when}", results[f"{prefix}rewards/accuracies"])
-            for prefix, when in (("", ""), ("start_", " of the starting model"))
-            if f"{prefix}rewards/accuracies" in results
-        ]
+        before += _with_start(results, "rewards/accuracies", "Held-out reward accuracy")
     if grpo:
         summary = (
             f"`{origin}` tuned with hfmini by reinforcement learning from rewards: "
             f"{grpo_method(args)}, {how_tuned(config)}, on prompts from {data_text}."
         )
-        before += [
-            (f"Held-out mean reward{when}", results[f"{prefix}reward"])
-            for prefix, when in (("", ""), ("start_", " of the starting model"))
-            if f"{prefix}reward" in results
-        ]
+        before += _with_start(results, "reward", "Held-out mean reward")
     if args.init_from_checkpoint:
         start = continued_from(args.init_from_checkpoint)
         summary = summary.replace(" from scratch", "")
@@ -291,3 +283,12 @@ def optimizer_text(args) -> str:
     if args.optim != "muon":
         return adamw
     return f"Muon (momentum {args.muon_momentum}, weight decay {args.weight_decay}) on the hidden matrices; {adamw} on embeddings, norms and biases"
+
+
+def _with_start(results: dict, key: str, label: str) -> list[tuple[str, float]]:
+    """The card's rows for a held-out figure: this model's, then the starting model's."""
+    return [
+        (f"{label}{when}", results[f"{prefix}{key}"])
+        for prefix, when in (("", ""), ("start_", " of the starting model"))
+        if f"{prefix}{key}" in results
+    ]

@@ -354,26 +354,32 @@ def load_checkpoint(accelerator, path: Path, scheduler) -> TrainState:
 
 def load_data_position(path: Path, accelerator) -> dict:
     """This process's reading position (a stream's state) in checkpoint `path` (tensors, ints and strings only)."""
-    import torch
-
-    file = path / f"stream-{accelerator.process_index}.pt"
-    if not file.is_file():
-        raise HfminiError(
-            f"checkpoint {path} holds no stream position for process {accelerator.process_index}"
-            ": resume with the number of processes and the streaming setting it was saved with"
-        )
-    return torch.load(file, weights_only=True)
+    return _process_file(
+        path,
+        accelerator,
+        "stream",
+        "stream position",
+        "the number of processes and the streaming setting it was saved with",
+    )
 
 
 def load_objective_state(path: Path, accelerator) -> dict:
     """This process's objective state (GRPO's sampler and kept rollouts) in checkpoint `path`."""
+    return _process_file(
+        path, accelerator, "objective", "sampler state", "the number of processes it was saved with"
+    )
+
+
+def _process_file(path: Path, accelerator, stem: str, what: str, resume_with: str) -> dict:
+    """checkpoint `path`'s {stem}-{process}.pt for this process (tensors, ints and strings only);
+    missing, a one-line error naming `what` it holds and what to resume with."""
     import torch
 
-    file = path / f"objective-{accelerator.process_index}.pt"
+    file = path / f"{stem}-{accelerator.process_index}.pt"
     if not file.is_file():
         raise HfminiError(
-            f"checkpoint {path} holds no sampler state for process {accelerator.process_index}: "
-            "resume with the number of processes it was saved with"
+            f"checkpoint {path} holds no {what} for process {accelerator.process_index}: "
+            f"resume with {resume_with}"
         )
     return torch.load(file, weights_only=True)
 
