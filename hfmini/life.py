@@ -335,9 +335,14 @@ def page(figures: dict, seconds: dict, machine: str) -> str:
         "reinforcement learning from rewards (GRPO), each stage starting from the last, measured "
         "on the held-out plays (Twelfth Night, Julius Caesar, The Tempest).",
         "",
-        f"Machine: {machine}. Training time per stage (0: the stage's model existed, kept): "
-        + ", ".join(f"{n} {seconds.get(n, 0.0) / 60:.1f} min" for n in names)
-        + f"; {sum(seconds.values()) / 60:.1f} min in all.",
+        f"Machine: {machine}."
+        + (
+            " Training time per stage (0: the stage's model existed, kept): "
+            + ", ".join(f"{n} {seconds.get(n, 0.0) / 60:.1f} min" for n in names)
+            + f"; {sum(seconds.values()) / 60:.1f} min in all."
+            if seconds
+            else ""
+        ),
         "",
         "| stage | bits per byte ↓ | ranking accuracy ↑ | reward accuracy ↑ | "
         + " | ".join(f"{k} ↑" for k in reward_names)
