@@ -115,16 +115,7 @@ def bench_grpo(
     rates = timed_rounds(variants, rounds, steps_per_round, 1)  # calls per second
     objective.sample = real_sample
 
-    # Per rollout (averaged over the kept ones, those the update reads): N completions,
-    # (N, Tp + Tc) positions through the model, the completion tokens the loss covers.
-    rollouts = list(kept.values())
-    completions = rollouts[0].completion_ids.shape[0]
-    positions = sum(r.prompt_ids.numel() + r.completion_ids.numel() for r in rollouts)
-    positions /= len(rollouts)
-    loss_tokens = sum(float(r.completion_mask.sum()) for r in rollouts) / len(rollouts)
-    sampled = sum(float(n) for n in generated) / len(generated)
-    prompt_width = sum(r.prompt_ids.shape[1] for r in rollouts) / len(rollouts)
-    completion_width = sum(r.completion_ids.shape[1] for r in rollouts) / len(rollouts)
+    figures = _figures(run, list(kept.values()), generated, rates)
     shape = run.accelerator.unwrap_model(run.model).config
     precision = run.accelerator.mixed_precision.replace("no", "fp32")
     run.accelerator.end_training()
@@ -133,8 +124,24 @@ def bench_grpo(
         "precision": precision,
         "prompts_per_step": prompts_per_step,
         "num_generations": num_generations,
-        "completions_per_step": completions,
         "max_completion_length": max_completion_length,
+        **figures,
+    }
+
+
+def _figures(run, rollouts: list, generated: list[float], rates: dict[str, float]) -> dict:
+    """The rates as completions and tokens: per rollout (averaged over the kept ones, those the
+    update reads), N completions, (N, Tp + Tc) positions through the model, and the completion
+    tokens the loss covers."""
+    completions = rollouts[0].completion_ids.shape[0]
+    positions = sum(r.prompt_ids.numel() + r.completion_ids.numel() for r in rollouts)
+    positions /= len(rollouts)
+    loss_tokens = sum(float(r.completion_mask.sum()) for r in rollouts) / len(rollouts)
+    sampled = sum(float(n) for n in generated) / len(generated)
+    prompt_width = sum(r.prompt_ids.shape[1] for r in rollouts) / len(rollouts)
+    completion_width = sum(r.completion_ids.shape[1] for r in rollouts) / len(rollouts)
+    return {
+        "completions_per_step": completions,
         "prompt_width": prompt_width,  # Tp: the batch's longest prompt, the others left-padded
         # Tc: max_completion_length, less when every completion stopped before it
         "completion_width": completion_width,
