@@ -1,4 +1,4 @@
-"""The `hfmini` command: train, generate, chat, eval, plot, playground, push.
+"""The `hfmini` command: train, generate, chat, eval, plot, playground, export, push.
 
 `push` uploads a finished run trained offline, the same files and checks as --push_to_hub.
 
@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from hfmini.config import DEFAULT_MAX_NEW_TOKENS, SAMPLING_DEFAULTS
+from hfmini.config import DEFAULT_MAX_NEW_TOKENS, HARNESS_DEFAULT_TASK, SAMPLING_DEFAULTS
 from hfmini.errors import HfminiError
 
 
@@ -51,6 +51,15 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--text_column", default=None)
     ev.add_argument("--block_size", type=int, default=None, help="default: the model's context")
     ev.add_argument("--batch_size", type=int, default=16)
+    ev.add_argument(
+        "--tasks",
+        nargs="?",
+        const=HARNESS_DEFAULT_TASK,
+        default=None,
+        help="run lm-evaluation-harness tasks instead (comma-separated names); alone: "
+        f"{HARNESS_DEFAULT_TASK}, the model's own validation text, offline",
+    )
+    ev.add_argument("--limit", type=int, default=None, help="lm-eval: at most this many examples")
 
     plot = commands.add_parser("plot", help="overlay the loss curves of several runs")
     plot.add_argument("run_dirs", nargs="+")
@@ -71,6 +80,27 @@ def make_parser() -> argparse.ArgumentParser:
         help="the page's starting length",
     )
 
+    play.add_argument(
+        "--static",
+        metavar="SITE_DIR",
+        default=None,
+        help="instead of serving: write a static page that runs the models in the browser "
+        "(transformers.js; export each with --format onnx first)",
+    )
+
+    export = commands.add_parser(
+        "export",
+        help="the model for other clients: GGUF (llama.cpp, Ollama, LM Studio), ONNX (the browser)",
+    )
+    export.add_argument("output_dir", help="a finished training output_dir")
+    export.add_argument("--format", required=True, choices=["gguf", "onnx"])
+    export.add_argument(
+        "--outtype",
+        default="f16",
+        choices=["f32", "f16", "q8_0"],
+        help="GGUF weight type (f16, as llama.cpp's converter; q8_0 is about half its size)",
+    )
+
     push = commands.add_parser(
         "push", help="upload a finished run to the Hugging Face Hub, as --push_to_hub would have"
     )
@@ -80,6 +110,9 @@ def make_parser() -> argparse.ArgumentParser:
         "--private",
         action="store_true",
         help="create the repo private (an existing repo keeps its visibility)",
+    )
+    push.add_argument(
+        "--gguf", action="store_true", help="upload gguf/ too (hfmini export --format gguf)"
     )
     return parser
 
@@ -143,6 +176,8 @@ def cmd_chat(args) -> None:
 
 
 def cmd_eval(args) -> dict:
+    if args.tasks is not None:
+        return cmd_eval_harness(args)
     # Imported when the command runs: torch and transformers load only then (--help is instant).
     from hfmini.training.evaluation import evaluate_model
 
@@ -154,6 +189,28 @@ def cmd_eval(args) -> dict:
     return metrics
 
 
+def cmd_eval_harness(args) -> dict:
+    # Imported when the command runs: lm-eval is optional (hfmini[eval]).
+    from hfmini.training.harness import run_harness
+
+    quiet_libraries()
+    results = run_harness(args.model_dir, args.tasks.split(","), args.batch_size, args.limit)
+    print(json.dumps(results))
+    return results
+
+
+def cmd_export(args) -> None:
+    # Imported when the command runs: gguf and onnx are optional (hfmini[gguf], hfmini[onnx]).
+    if args.format == "gguf":
+        from hfmini.outputs.gguf import export_gguf
+
+        print(export_gguf(args.output_dir, args.outtype))
+    else:
+        from hfmini.outputs.onnx import export_onnx
+
+        print(export_onnx(args.output_dir))
+
+
 def cmd_plot(args) -> None:
     # Imported when the command runs: torch and transformers load only then (--help is instant).
     from hfmini.outputs.plot import plot_runs
@@ -162,6 +219,11 @@ def cmd_plot(args) -> None:
 
 
 def cmd_playground(args) -> None:
+    if args.static is not None:
+        from hfmini.serving.static_page import write_static_page
+
+        print(write_static_page(args.model_dirs, args.static, args.max_new_tokens))
+        return
     try:  # gradio is optional (hfmini[playground]): imported when the command runs
         from hfmini.serving.playground import serve
     except ImportError as err:
@@ -206,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             "eval": cmd_eval,
             "plot": cmd_plot,
             "playground": cmd_playground,
+            "export": cmd_export,
             "push": cmd_push,
         }
         commands[args.command](args)

@@ -8,7 +8,12 @@ are gathered here.
 """
 
 from hfmini.config.data_args import DataArguments
-from hfmini.config.defaults import DEFAULT_MAX_NEW_TOKENS, MODEL_PRESETS, SAMPLING_DEFAULTS
+from hfmini.config.defaults import (
+    DEFAULT_MAX_NEW_TOKENS,
+    HARNESS_DEFAULT_TASK,
+    MODEL_PRESETS,
+    SAMPLING_DEFAULTS,
+)
 from hfmini.config.model_args import ModelArguments
 from hfmini.config.parsing import known_keys, make_config, make_parser, parse_config, read_yaml
 from hfmini.config.run_config import Config
@@ -16,6 +21,7 @@ from hfmini.config.train_args import TrainArguments
 
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
+    "HARNESS_DEFAULT_TASK",
     "MODEL_PRESETS",
     "SAMPLING_DEFAULTS",
     "Config",

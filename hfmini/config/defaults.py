@@ -40,3 +40,7 @@ PREFERENCE_LOSSES = ("sigmoid", "robust", "ipo", "simpo")
 GRPO_LOSSES = ("grpo", "dr_grpo", "dapo")
 # How GRPO scales the rewards' distance from their group's mean (GRPOConfig.scale_rewards).
 SCALE_REWARDS = ("group", "batch", "none")
+
+# `hfmini eval --tasks` alone: lm-evaluation-harness on the model's own validation text, which
+# needs no download (hfmini.training.harness writes the task).
+HARNESS_DEFAULT_TASK = "hfmini_validation"
