@@ -12,6 +12,7 @@ size, so a second run on the same data skips it.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -173,8 +174,39 @@ def tokenizer_for_run(model_args, train_chunks, context_length: int, resume_path
 
 def save_tokenizer(tokenizer, folder: str | Path) -> None:
     """tokenizer.json and tokenizer_config.json, a chat template inside the latter: the one
-    place every transformers version and serving tool reads it from."""
+    place every transformers version and serving tool reads it from. The config is then made
+    portable (`portable_tokenizer_config`), so that transformers 4.x loads it as well as 5.x."""
     tokenizer.save_pretrained(folder, save_jinja_files=False)
+    config_file = Path(folder) / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config_file.write_text(
+        json.dumps(portable_tokenizer_config(config), indent=2, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
+
+
+# Keys transformers 5 writes that describe how this process loaded the files, not the tokenizer.
+_LOAD_TIME_KEYS = ("backend", "is_local", "local_files_only")
+
+
+def portable_tokenizer_config(config: dict) -> dict:
+    """tokenizer_config.json as transformers 4.57 and 5.x both read it.
+
+    transformers 5 names the class `TokenizersBackend`, which 4.x cannot import ("Tokenizer class
+    TokenizersBackend does not exist"); `PreTrainedTokenizerFast` is the same tokenizer.json
+    loaded as it is, in both (5.x aliases it to TokenizersBackend). 5.x lists extra special
+    tokens as `extra_special_tokens`, a list, where 4.x expects a mapping of names there and
+    reads the list from `additional_special_tokens`, which 5.x reads too.
+    """
+    config = {k: v for k, v in config.items() if k not in _LOAD_TIME_KEYS}
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, list):
+        del config["extra_special_tokens"]
+        if extra:
+            config["additional_special_tokens"] = extra
+    return config
 
 
 def saved_tokenizer_dir(checkpoint: Path) -> Path:

@@ -27,7 +27,7 @@ from hfmini.config.parsing import ARG_GROUPS, read_yaml
 from hfmini.errors import HfminiError, disk_full
 from hfmini.models.device import is_sharded
 from hfmini.models.tokenizer import save_tokenizer
-from hfmini.outputs.export import generation_config_for
+from hfmini.outputs.export import add_n_ctx, generation_config_for
 from hfmini.run_folder import (
     ADAPTER_WEIGHTS,
     CONFIG_FILE,
@@ -286,6 +286,7 @@ def save_weights_as_model(accelerator, tokenizer) -> None:
         if accelerator.is_main_process:
             model = accelerator.unwrap_model(models[0], keep_torch_compile=False)
             model.generation_config = generation_config_for(model, tokenizer)
+            add_n_ctx(model.config)
             model.save_pretrained(output_dir)
             Path(output_dir, MODEL_CARD_FILE).unlink(missing_ok=True)  # peft's boilerplate card
         weights.clear()  # accelerate then writes no second copy

@@ -1,9 +1,10 @@
 """The final model as a standard Hub folder that loads without hfmini.
 
 output_dir/
-  config.json  model.safetensors  generation_config.json     ← save_pretrained
+  config.json  model.safetensors  generation_config.json     ← save_pretrained (+ n_ctx)
   (LoRA with merge_adapters false: adapter_config.json  adapter_model.safetensors instead)
-  tokenizer.json  tokenizer_config.json (+ chat template)     ← tokenizer.save_pretrained
+  tokenizer.json  tokenizer_config.json (+ chat template)     ← tokenizer.save_pretrained, made
+                                                                 loadable by transformers 4.x too
   training_config.yaml  eval_results.json                    ← how it was made, what it scored
 
 Everything is first written to output_dir/.hfmini-export/ and then moved into place, the weights
@@ -51,6 +52,13 @@ def generation_config_for(model, tokenizer):
     )
 
 
+def add_n_ctx(config) -> None:
+    """GPT-2's original config.json names its context twice, `n_positions` and `n_ctx`; transformers
+    reads the first, llama.cpp's convert_hf_to_gguf.py the second (a KeyError without it)."""
+    if getattr(config, "model_type", None) == "gpt2":
+        config.n_ctx = config.n_positions
+
+
 def save_model(
     model,
     tokenizer,
@@ -67,6 +75,7 @@ def save_model(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.generation_config = generation_config_for(model, tokenizer)
+    add_n_ctx(model.config)
     model.save_pretrained(output_dir, state_dict=state_dict)  # safetensors: the only format in v5
     save_tokenizer(tokenizer, output_dir)
     if config_dict is not None:
