@@ -8,7 +8,7 @@ RECIPE ?= recipes/shakespeare/config.yaml
 # Tests and the default run never reach the Hub or W&B servers.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: chat-recipe dpo-recipe grpo-recipe life install train play-groups test test-slow bench docs notebook lint format clean
+.PHONY: clients chat-recipe dpo-recipe grpo-recipe life install train play-groups test test-slow bench docs notebook lint format clean
 
 $(BIN)/hfmini: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,17 @@ $(BIN)/hfmini: pyproject.toml
 	touch $(BIN)/hfmini
 
 install: $(BIN)/hfmini
+
+# The other clients a folder is tested in (GGUF, ONNX, lm-eval, trackio): the tests install them,
+# `make train` does not. llama-cpp-python builds llama.cpp from source, minutes on 2 cores, once:
+# pip keeps the wheel it built. Node's @huggingface/transformers is installed by its test.
+CLIENTS := $(VENV)/.clients-installed
+LLAMA_CPP ?= llama-cpp-python==0.3.36
+$(CLIENTS): pyproject.toml $(BIN)/hfmini
+	$(BIN)/python -m pip install --quiet -e ".[dev,gguf,onnx,eval,trackio]"
+	touch $(CLIENTS)
+
+clients: $(CLIENTS)
 
 # One process, no launcher: a mistake ends on hfmini's one-line error (exit 2), and Ctrl-C or SIGTERM
 # on the checkpoint and the command that resumes (exit 130 or 143). `accelerate launch` kills its
@@ -40,10 +51,11 @@ play-groups: install
 	done
 	$(BIN)/python recipes/play-groups/compare.py $(GROUPS)
 
-test: install
+test: clients
 	$(OFFLINE) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-slow: install
+test-slow: clients
+	$(BIN)/python -m pip install --quiet $(LLAMA_CPP)
 	$(OFFLINE) $(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 bench: install
