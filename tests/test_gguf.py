@@ -361,8 +361,16 @@ def test_llama_cpp_runs_the_file_as_transformers_runs_the_folder(tmp_path):
 
     def load(outtype: str):
         path = export_gguf(out, outtype)
+        # An f32 KV cache (llama.cpp's default is f16): the comparison is of the weights alone.
         return llama_cpp.Llama(
-            str(path), n_ctx=n_ctx, logits_all=True, n_threads=1, n_batch=n_ctx, verbose=False
+            str(path),
+            n_ctx=n_ctx,
+            n_batch=n_ctx,
+            logits_all=True,
+            n_threads=1,
+            type_k=llama_cpp.GGML_TYPE_F32,
+            type_v=llama_cpp.GGML_TYPE_F32,
+            verbose=False,
         )
 
     llm = load("f32")
