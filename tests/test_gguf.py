@@ -109,6 +109,24 @@ def test_f32_holds_the_weights_in_llama_cpp_layout(plain):
     assert all(t.tensor_type == gguf.GGMLQuantizationType.F32 for t in reader.tensors)
 
 
+def test_transformers_reads_the_file_back_to_the_same_logits(plain):
+    """An independent reader: transformers' own GGUF loader undoes llama.cpp's GPT-2 layout."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = export_gguf(plain, "f32")
+    # Its GGUF config mapping leaves n_positions at GPT-2's 1024: the folder's config says 32.
+    config = AutoConfig.from_pretrained(plain)
+    back = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, config=config)
+    model = AutoModelForCausalLM.from_pretrained(plain)
+    tokenizer = AutoTokenizer.from_pretrained(plain)
+    text = "ROMEO: Café über señor, wherefore art thou?"
+    read_tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    assert read_tokenizer(text)["input_ids"] == tokenizer(text)["input_ids"]
+    ids = torch.tensor([tokenizer(text)["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(back.eval()(ids).logits, model.eval()(ids).logits)
+
+
 def test_metadata_and_tokenizer_of_a_chat_model(chat):
     from transformers import AutoTokenizer
 
