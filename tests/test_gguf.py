@@ -406,6 +406,7 @@ def test_llama_cpp_runs_the_file_as_transformers_runs_the_folder(tmp_path):
             )[0, len(ids) :].tolist()
         pairs.append((hf, llama_greedy(llm, ids, stop)))
         print(f"{prompt!r}: {tokenizer.decode(hf)!r} / {tokenizer.decode(pairs[-1][1])!r}")
+    llm.close()
     equal = sum(a == b for hf, ours in pairs for a, b in zip(hf, ours, strict=True))
     print(f"greedy tokens equal at f32: {equal}/{NEW_TOKENS * len(PROMPTS)}")
     assert all(len(set(hf)) > 2 for hf, _ in pairs), "the model did not train enough to vary"
@@ -429,8 +430,10 @@ def test_llama_cpp_runs_the_file_as_transformers_runs_the_folder(tmp_path):
         return logits_of
 
     bpb = {"transformers f32": bits_per_byte(windows, transformers_logits, tokenizer)}
-    bpb["llama.cpp f32"] = bits_per_byte(windows, llama_logits(llm), tokenizer)
-    bpb["llama.cpp q8_0"] = bits_per_byte(windows, llama_logits(load("q8_0")), tokenizer)
+    for outtype in ("f32", "q8_0"):
+        llm = load(outtype)
+        bpb[f"llama.cpp {outtype}"] = bits_per_byte(windows, llama_logits(llm), tokenizer)
+        llm.close()
     sizes = {t: (out / "gguf" / f"tiny-{t}.gguf").stat().st_size for t in ("f32", "q8_0")}
     print(f"bits per byte over {len(windows)} windows of {n_ctx} tokens: {bpb}; sizes {sizes}")
     print(
@@ -442,3 +445,22 @@ def test_llama_cpp_runs_the_file_as_transformers_runs_the_folder(tmp_path):
     print(
         f"seconds: training {trained - started:.1f}, the rest {time.perf_counter() - trained:.1f}"
     )
+
+
+@pytest.mark.slow
+def test_llama_cpp_reads_a_chat_turn_as_transformers(chat):
+    """The special tokens parse as one id each, <|im_end|> ends generation, the template is there."""
+    llama_cpp = import_llama_cpp()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(chat)
+    llm = llama_cpp.Llama(str(export_gguf(chat, "f16")), n_ctx=32, n_threads=1, verbose=False)
+    messages = [{"role": "system", "content": "ROMEO"}, {"role": "user", "content": "Café?"}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = llm.tokenize(text.encode(), add_bos=False, special=True)
+    assert ids == tokenizer(text)["input_ids"]
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert llama_cpp.llama_vocab_is_eog(vocab, end) and llama_cpp.llama_vocab_is_control(vocab, end)
+    assert llm.metadata["tokenizer.chat_template"] == tokenizer.chat_template
+    llm.close()
