@@ -302,9 +302,8 @@ def gguf_section(gguf_file: str, name: str, chat: bool) -> str:
     prompt = "-cnv" if chat else '-p "ROMEO:" -n 100'  # -cnv: chat with the file's template
     return (
         f"{GGUF_HEADING}\n\n"
-        "`gguf/` holds the model as one GGUF file for llama.cpp and the apps built on it (LM Studio "
-        "opens the .gguf as is); `gguf/Modelfile` sets its context, sampling and chat turn "
-        "for Ollama.\n\n"
+        "`gguf/` holds the model as one GGUF file for llama.cpp and the apps built on it, LM Studio "
+        "among them; `gguf/Modelfile` sets its context, sampling and chat turn for Ollama.\n\n"
         "```sh\n"
         f"llama-cli -m gguf/{gguf_file} {prompt}\n"
         f"ollama create {name} -f gguf/Modelfile && ollama run {name}\n"

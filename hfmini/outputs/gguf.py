@@ -77,7 +77,7 @@ def import_gguf():
 
 def check_exportable(folder: Path) -> dict:
     """The folder's config.json, once it is known to be a finished GPT-2 llama.cpp can run."""
-    check_finished_folder(folder)
+    check_finished_folder(folder, then="export")
     if (folder / ADAPTER_CONFIG).is_file():
         raise HfminiError(
             f"{folder} is a LoRA adapter, not a full model: train with merge_adapters true to "
@@ -167,7 +167,8 @@ def add_tokenizer(writer, gguf, tokenizer, tokenizer_json: dict, vocab_size: int
     """tokenizer.ggml.*: GPT-2's byte-level BPE as llama.cpp reads it (tokens in their byte-level
     spelling, `Ġthe`; merges as "a b"; added special tokens as control tokens)."""
     model = tokenizer_json.get("model") or {}
-    if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(tokenizer_json["pre_tokenizer"]):
+    byte_level = "ByteLevel" in json.dumps(tokenizer_json.get("pre_tokenizer"))
+    if model.get("type") != "BPE" or not byte_level:
         raise HfminiError(
             "the tokenizer is not a byte-level BPE like GPT-2's, which is all hfmini exports to "
             f"GGUF: convert the model with {CONVERTER}"

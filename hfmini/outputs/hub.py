@@ -67,9 +67,11 @@ def check_hub_access(hub_model_id: str, alternative: str | None = "drop --push_t
     return user.get("name", "?")
 
 
-def check_finished_folder(folder: str | Path) -> None:
+def check_finished_folder(folder: str | Path, then: str = "push") -> None:
     """Fail unless `folder` holds a finished model: full weights (config.json with complete
-    model*.safetensors) or a peft adapter (adapter_config.json with complete weights)."""
+    model*.safetensors) or a peft adapter (adapter_config.json with complete weights).
+
+    `then`: what the messages say to do once the folder is fixed ("push", "export")."""
 
     out = Path(folder)
     if not out.exists():
@@ -82,14 +84,14 @@ def check_finished_folder(folder: str | Path) -> None:
         if not tokenizer and not (out / ADAPTER_CONFIG).is_file():
             raise HfminiError(
                 f"{out} holds a model but no tokenizer ({TOKENIZER_FILE}): nobody could run it "
-                "from the Hub; copy the tokenizer files of the run into it, then push"
+                f"from the Hub; copy the tokenizer files of the run into it, then {then}"
             )
         return
     if list_checkpoints(out):
         raise HfminiError(
             f"{out} holds checkpoints but no final model: the run has not finished; finish it "
             "by running its `hfmini train` command again with --resume_from_checkpoint latest, "
-            "then push"
+            f"then {then}"
         )
     raise HfminiError(
         f"{out} holds no finished model (config.json with complete model*.safetensors, or "
