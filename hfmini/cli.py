@@ -235,15 +235,22 @@ def cmd_playground(args) -> None:
 
 def cmd_push(args) -> str:
     # Imported when the command runs: torch and transformers load only then (--help is instant).
-    from hfmini.outputs.hub import check_finished_folder, check_hub_access, push_folder
+    from hfmini.outputs.hub import (
+        check_finished_folder,
+        check_gguf_folder,
+        check_hub_access,
+        push_folder,
+    )
 
     # Everything that can be checked locally first, the Hub (token, network) last; no upload
     # starts unless all pass. The file selection is training's: model files, never checkpoints/.
     check_finished_folder(args.output_dir)
+    if args.gguf:
+        check_gguf_folder(args.output_dir)
     check_hub_access(args.hub_model_id, alternative=None)
     # The folder's name only: a full path would put the user's home into public history.
     message = f"hfmini: upload {Path(args.output_dir).resolve().name}"
-    url = push_folder(args.output_dir, args.hub_model_id, args.private, message)
+    url = push_folder(args.output_dir, args.hub_model_id, args.private, message, gguf=args.gguf)
     print(url)
     return url
 

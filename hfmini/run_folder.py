@@ -6,6 +6,7 @@
       training_config.yaml  eval_results.json  README.md                        ← how, what, card
       metrics.jsonl  loss_curve.png  wandb/                                     ← the run's log
       checkpoints/step-N/  (the model files, plus trainer_state.json, optimizer, scheduler, ...)
+      gguf/<name>-<outtype>.gguf  gguf/Modelfile            ← `hfmini export --format gguf`
       .hfmini.lock                                                              ← hfmini made it
 
 Every module that writes or reads one of these names imports it from here.
@@ -32,6 +33,8 @@ MODEL_CARD_FILE = "README.md"
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
 CHECKPOINTS_DIR = "checkpoints"
+GGUF_DIR = "gguf"  # llama.cpp's file and Ollama's Modelfile; `hfmini push --gguf` uploads it
+MODELFILE = "Modelfile"
 # Inside a checkpoint: trainer_state.json is written last, so its presence marks a complete one.
 STATE_FILE = "trainer_state.json"
 SCHEDULER_FILE = "scheduler.pt"

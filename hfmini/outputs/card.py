@@ -292,3 +292,42 @@ def _with_start(results: dict, key: str, label: str) -> list[tuple[str, float]]:
         for prefix, when in (("", ""), ("start_", " of the starting model"))
         if f"{prefix}{key}" in results
     ]
+
+
+GGUF_HEADING = "## GGUF (llama.cpp, Ollama, LM Studio)"
+
+
+def gguf_section(gguf_file: str, name: str, chat: bool) -> str:
+    """How to run `gguf/<gguf_file>`, the card's section once `hfmini export --format gguf` ran."""
+    prompt = "-cnv" if chat else '-p "ROMEO:" -n 100'  # -cnv: chat with the file's template
+    return (
+        f"{GGUF_HEADING}\n\n"
+        "`gguf/` holds the model as one GGUF file for llama.cpp and the apps built on it, LM Studio "
+        "among them; `gguf/Modelfile` sets its context, sampling and chat turn for Ollama.\n\n"
+        "```sh\n"
+        f"llama-cli -m gguf/{gguf_file} {prompt}\n"
+        f"ollama create {name} -f gguf/Modelfile && ollama run {name}\n"
+        "```\n"
+    )
+
+
+def add_gguf_usage(output_dir: str | Path, gguf_file: str, chat: bool) -> Path | None:
+    """Put (or replace) the GGUF section in output_dir's card, before its samples; the card of a
+    training run is written once at its end, so an export made later edits it in place. None
+    when the folder has no card."""
+    path = Path(output_dir) / MODEL_CARD_FILE
+    if not path.is_file():
+        return None
+    card = path.read_text(encoding="utf-8")
+    section = gguf_section(gguf_file, Path(output_dir).resolve().name, chat)
+    start = card.find(GGUF_HEADING)
+    if start >= 0:  # a second export (another outtype): the newest file replaces the old lines
+        end = card.find("\n## ", start + len(GGUF_HEADING))
+        card = card[:start] + section + (card[end:] if end >= 0 else "")
+    elif "\n## Samples" in card:
+        at = card.index("\n## Samples") + 1
+        card = card[:at] + section + "\n" + card[at:]
+    else:
+        card = card.rstrip("\n") + "\n\n" + section
+    path.write_text(card, encoding="utf-8")
+    return path

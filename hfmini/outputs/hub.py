@@ -20,6 +20,8 @@ from hfmini.errors import HfminiError
 from hfmini.outputs.export import save_model
 from hfmini.run_folder import (
     ADAPTER_CONFIG,
+    GGUF_DIR,
+    MODELFILE,
     TOKENIZER_CONFIG_FILE,
     TOKENIZER_FILE,
     UPLOAD_PATTERNS,
@@ -65,9 +67,11 @@ def check_hub_access(hub_model_id: str, alternative: str | None = "drop --push_t
     return user.get("name", "?")
 
 
-def check_finished_folder(folder: str | Path) -> None:
+def check_finished_folder(folder: str | Path, then: str = "push") -> None:
     """Fail unless `folder` holds a finished model: full weights (config.json with complete
-    model*.safetensors) or a peft adapter (adapter_config.json with complete weights)."""
+    model*.safetensors) or a peft adapter (adapter_config.json with complete weights).
+
+    `then`: what the messages say to do once the folder is fixed ("push", "export")."""
 
     out = Path(folder)
     if not out.exists():
@@ -80,14 +84,14 @@ def check_finished_folder(folder: str | Path) -> None:
         if not tokenizer and not (out / ADAPTER_CONFIG).is_file():
             raise HfminiError(
                 f"{out} holds a model but no tokenizer ({TOKENIZER_FILE}): nobody could run it "
-                "from the Hub; copy the tokenizer files of the run into it, then push"
+                f"from the Hub; copy the tokenizer files of the run into it, then {then}"
             )
         return
     if list_checkpoints(out):
         raise HfminiError(
             f"{out} holds checkpoints but no final model: the run has not finished; finish it "
             "by running its `hfmini train` command again with --resume_from_checkpoint latest, "
-            "then push"
+            f"then {then}"
         )
     raise HfminiError(
         f"{out} holds no finished model (config.json with complete model*.safetensors, or "
@@ -96,21 +100,50 @@ def check_finished_folder(folder: str | Path) -> None:
     )
 
 
+def upload_patterns(folder: str | Path, gguf: bool = False) -> tuple[list[str], list[str]]:
+    """(allow, ignore) patterns for upload_folder: the model's top-level files, never
+    checkpoints/, wandb/ or logs; with `gguf`, gguf/'s .gguf files and Modelfile too. Patterns
+    are fnmatch's, whose `*` crosses `/`: "*.safetensors" alone would take checkpoints' weights."""
+    if not gguf:
+        return UPLOAD_PATTERNS, ["*/*"]
+    others = [f"{p.name}/*" for p in Path(folder).iterdir() if p.is_dir() and p.name != GGUF_DIR]
+    return [*UPLOAD_PATTERNS, f"{GGUF_DIR}/*.gguf", f"{GGUF_DIR}/{MODELFILE}"], [
+        *others,
+        f"{GGUF_DIR}/.*",  # a temporary file of an export under way
+    ]
+
+
+def check_gguf_folder(folder: str | Path) -> None:
+    """`hfmini push --gguf` needs what `hfmini export --format gguf` writes."""
+    if not any((Path(folder) / GGUF_DIR).glob("*.gguf")):
+        raise HfminiError(
+            f"{folder} has no {GGUF_DIR}/*.gguf to push: run `hfmini export {folder} --format "
+            "gguf` first, or drop --gguf"
+        )
+
+
 def push_folder(
-    folder: str | Path, hub_model_id: str, private: bool, message: str, kept: bool = True
+    folder: str | Path,
+    hub_model_id: str,
+    private: bool,
+    message: str,
+    kept: bool = True,
+    gguf: bool = False,
 ) -> str:
     """Create the repo if needed and upload the model files of `folder`; returns the commit URL.
 
     `kept`: `folder` outlives the call, so a failure may suggest `hfmini push` on it later.
+    `gguf`: upload gguf/ too (one commit with the rest).
     """
     api = HfApi()
+    allow, ignore = upload_patterns(folder, gguf)
     try:
         api.create_repo(hub_model_id, private=private, exist_ok=True, repo_type="model")
         commit = api.upload_folder(
             repo_id=hub_model_id,
             folder_path=str(folder),
-            allow_patterns=UPLOAD_PATTERNS,
-            ignore_patterns=["*/*"],  # top-level files only: never checkpoints/, wandb/, logs
+            allow_patterns=allow,
+            ignore_patterns=ignore,
             commit_message=message,
         )
     except Exception as err:  # HTTP 403 (another's namespace), 401, the network: all "cannot push"
@@ -119,6 +152,7 @@ def push_folder(
         if kept:
             command = ["hfmini", "push", str(folder), "--hub_model_id", hub_model_id]
             command += ["--private"] if private else []
+            command += ["--gguf"] if gguf else []
             hint += f", then retry with `{shlex.join(command)}`"
         raise HfminiError(f"could not push {folder} to {hub_model_id} ({reason}): {hint}") from None
     url = getattr(commit, "commit_url", str(commit))
