@@ -87,6 +87,13 @@ def make_parser() -> argparse.ArgumentParser:
         help="instead of serving: write a static page that runs the models in the browser "
         "(transformers.js; export each with --format onnx first)",
     )
+    play.add_argument(
+        "--js_dir",
+        default=None,
+        help="with --static: an npm install's node_modules holding @huggingface/transformers, "
+        "copied beside the page so that it works offline (default: $HFMINI_TRANSFORMERS_JS; "
+        "neither: a CDN)",
+    )
 
     export = commands.add_parser(
         "export",
@@ -208,6 +215,7 @@ def cmd_export(args) -> None:
     else:
         from hfmini.outputs.onnx import export_onnx
 
+        quiet_libraries()
         print(export_onnx(args.output_dir))
 
 
@@ -222,7 +230,7 @@ def cmd_playground(args) -> None:
     if args.static is not None:
         from hfmini.serving.static_page import write_static_page
 
-        print(write_static_page(args.model_dirs, args.static, args.max_new_tokens))
+        print(write_static_page(args.model_dirs, args.static, args.max_new_tokens, args.js_dir))
         return
     try:  # gradio is optional (hfmini[playground]): imported when the command runs
         from hfmini.serving.playground import serve
