@@ -79,7 +79,6 @@ def make_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_NEW_TOKENS,
         help="the page's starting length",
     )
-
     play.add_argument(
         "--static",
         metavar="SITE_DIR",
@@ -89,10 +88,8 @@ def make_parser() -> argparse.ArgumentParser:
     )
     play.add_argument(
         "--js_dir",
-        default=None,
-        help="with --static: an npm install's node_modules holding @huggingface/transformers, "
-        "copied beside the page so that it works offline (default: $HFMINI_TRANSFORMERS_JS; "
-        "neither: a CDN)",
+        help="with --static: node_modules of an npm install of @huggingface/transformers, copied "
+        "beside the page so that it works offline (default: $HFMINI_TRANSFORMERS_JS; else a CDN)",
     )
 
     export = commands.add_parser(
