@@ -299,7 +299,15 @@ def test_static_page_errors_are_one_line(tmp_path, capsys, monkeypatch):
     line = _error(capsys, "playground", str(folder), "--static", str(tmp_path / "site"))
     assert "holds no npm install of @huggingface/transformers" in line
     modules = _fake_node_modules(tmp_path / "js", runtime="1.22.0")
-    line = _error(capsys, "playground", str(folder), "--static", "s", "--js_dir", str(modules))
+    line = _error(
+        capsys,
+        "playground",
+        str(folder),
+        "--static",
+        str(tmp_path / "site"),
+        "--js_dir",
+        str(modules),
+    )
     assert "without the onnxruntime-web 1.31.0 it needs" in line
     assert not (tmp_path / "site").exists()
 

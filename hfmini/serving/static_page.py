@@ -71,8 +71,9 @@ def find_node_modules(js_dir: str | Path) -> Path:
     )
 
 
-def vendor_library(node_modules: Path, site: Path) -> Library:
-    """Copy the browser build and the onnxruntime-web wasm it was built against into site/vendor/.
+def library_files(node_modules: Path) -> tuple[list[Path], Library]:
+    """The browser build and the onnxruntime-web wasm it was built against, checked, with where
+    the page finds them once copied into site/vendor/.
 
     The wasm must be the exact onnxruntime-web version transformers.js pins: the JavaScript glue
     and the wasm binary change together between versions."""
@@ -97,11 +98,7 @@ def vendor_library(node_modules: Path, site: Path) -> Library:
             f"{missing[0]} is missing: this transformers.js has another layout; install "
             f"@huggingface/transformers@{TRANSFORMERS_JS_VERSION}"
         )
-    vendor = site / VENDOR_DIR
-    vendor.mkdir(parents=True, exist_ok=True)
-    for path in sources:
-        shutil.copyfile(path, vendor / path.name)
-    return Library(
+    library = Library(
         url=f"./{VENDOR_DIR}/{LIBRARY_FILE}",
         wasm={
             kind: f"./{VENDOR_DIR}/{name}"
@@ -110,6 +107,7 @@ def vendor_library(node_modules: Path, site: Path) -> Library:
         version=meta["version"],
         source=str(node_modules),
     )
+    return sources, library
 
 
 def model_names(model_dirs: list[str | Path]) -> list[str]:
@@ -180,15 +178,18 @@ def write_static_page(
     for folder in folders:  # every model checked before anything is written
         check_browser_files(folder)
     js_dir = js_dir or os.environ.get(JS_DIR_VARIABLE) or None
-    node_modules = find_node_modules(js_dir) if js_dir else None
+    vendored: list[Path] = []  # the library's files to copy into site/vendor/
+    library = Library(CDN_LIBRARY, None, TRANSFORMERS_JS_VERSION, "cdn.jsdelivr.net")
+    if js_dir:
+        vendored, library = library_files(find_node_modules(js_dir))
     site = Path(site_dir)
     if site.exists() and not site.is_dir():
         raise HfminiError(f"{site} is a file: pass a folder for the site")
     site.mkdir(parents=True, exist_ok=True)
-    if node_modules is None:
-        library = Library(CDN_LIBRARY, None, TRANSFORMERS_JS_VERSION, "cdn.jsdelivr.net")
-    else:
-        library = vendor_library(node_modules, site)
+    if vendored:
+        (site / VENDOR_DIR).mkdir(exist_ok=True)
+    for path in vendored:
+        shutil.copyfile(path, site / VENDOR_DIR / path.name)
     names = model_names(folders)
     for folder, name in zip(folders, names, strict=True):
         copy_model(folder, site / MODELS_DIR / name)
