@@ -79,13 +79,17 @@ def make_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_NEW_TOKENS,
         help="the page's starting length",
     )
-
     play.add_argument(
         "--static",
         metavar="SITE_DIR",
         default=None,
         help="instead of serving: write a static page that runs the models in the browser "
         "(transformers.js; export each with --format onnx first)",
+    )
+    play.add_argument(
+        "--js_dir",
+        help="with --static: node_modules of an npm install of @huggingface/transformers, copied "
+        "beside the page so that it works offline (default: $HFMINI_TRANSFORMERS_JS; else a CDN)",
     )
 
     export = commands.add_parser(
@@ -208,6 +212,7 @@ def cmd_export(args) -> None:
     else:
         from hfmini.outputs.onnx import export_onnx
 
+        quiet_libraries()
         print(export_onnx(args.output_dir))
 
 
@@ -222,7 +227,7 @@ def cmd_playground(args) -> None:
     if args.static is not None:
         from hfmini.serving.static_page import write_static_page
 
-        print(write_static_page(args.model_dirs, args.static, args.max_new_tokens))
+        print(write_static_page(args.model_dirs, args.static, args.max_new_tokens, args.js_dir))
         return
     try:  # gradio is optional (hfmini[playground]): imported when the command runs
         from hfmini.serving.playground import serve
