@@ -12,12 +12,14 @@ Why loglikelihood, not loglikelihood_rolling: rolling windows start from an EOS 
 across blocks, so they predict other tokens from other contexts than hfmini does; one
 loglikelihood request per block predicts exactly the block's tokens after its first, from the
 same positions. Every block must round-trip (decode, then re-encode, gives back its ids); one that
-does not is left out of the task and counted in `hfmini_validation/skipped_blocks`.
+does not (its edge splits a character's bytes, which text cannot hold) is left out of both sums
+and counted in `hfmini_validation/skipped_blocks`: then the figure is of the other blocks only.
 
 lm-eval moves a context's trailing whitespace into the continuation (for word boundaries); a block
-whose first token is all whitespace (a newline: 110 of Shakespeare's 866 blocks) would lose its
-context altogether (stock HFLM then fails an assertion), so the model is lm-eval's HFLM with that
-one case kept as given (see `_encode_pair` in `harness_lm`); other contexts encode as in lm-eval.
+whose first token is all whitespace (a newline: about one block in eight of Shakespeare) would lose
+its context altogether (stock HFLM then fails an assertion), so the model is lm-eval's HFLM with
+that one case kept as given (see `_encode_pair` in `harness_lm`); other contexts encode as in
+lm-eval.
 """
 
 from __future__ import annotations
