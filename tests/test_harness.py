@@ -29,7 +29,7 @@ def ascii_lines(path, n_lines: int, seed: int = 0):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A few steps of the tiny recipe on local ASCII verse: its validation text is 60 lines,
-    about 60 blocks of 32 tokens."""
+    22 blocks of 32 tokens, two of them starting at a newline."""
     from hfmini.training.trainer import run_training
 
     folder = tmp_path_factory.mktemp("harness")
@@ -80,7 +80,8 @@ def test_harness_bits_per_byte_is_hfmini_eval(tiny_model, capsys):
     ours = eval_json(capsys, str(tiny_model))["bits_per_byte"]
     before = json.loads((tiny_model / "eval_results.json").read_text())
     harness = eval_json(capsys, str(tiny_model), "--tasks")
-    print(f"hfmini {ours!r}, lm-eval {harness[KEY]!r}")
+    with capsys.disabled():
+        print(f"\nbits per byte: hfmini eval {ours!r}, lm-eval {harness[KEY]!r}")
     assert abs(harness[KEY] - ours) < 5e-5
     assert harness[f"{HARNESS_DEFAULT_TASK}/skipped_blocks"] == 0
 
@@ -142,7 +143,8 @@ def test_blocks_that_split_a_character_are_left_out_of_both_sums(tiny_model, tmp
             n_bytes += token_bytes[ids[1:]].sum().item()
 
     harness = eval_json(capsys, str(folder), "--tasks")
-    print(f"{skipped} of {skipped + len(documents)} blocks left out")
+    with capsys.disabled():
+        print(f"\n{skipped} of {skipped + len(documents)} blocks left out")
     assert skipped > 0 and len(documents) > 0
     assert harness[f"{HARNESS_DEFAULT_TASK}/skipped_blocks"] == skipped
     assert abs(harness[KEY] - nll / n_bytes / math.log(2)) < 5e-5

@@ -146,6 +146,8 @@ def harness_lm(model, tokenizer, batch_size: int):
             tokenizer=tokenizer,
             batch_size=batch_size,
             max_length=context_length(model.config),
+            # As hfmini scores: log-softmax in fp32 whatever the weights' dtype (bf16 on a GPU).
+            softmax_dtype="float32",
         )
     finally:
         lm_logger.setLevel(level)
