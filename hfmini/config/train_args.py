@@ -4,6 +4,7 @@ without the hardware. The probing itself lives in hfmini.models.device."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field
 
@@ -216,7 +217,12 @@ class TrainArguments:
     )
     seed: int = field(default=42, metadata={"help": "Seed for weights, data order and dropout."})
     report_to: str = field(
-        default="none", metadata={"help": "wandb, tensorboard, all or none (comma-separated)."}
+        default="none",
+        metadata={
+            "help": "wandb, tensorboard, trackio (local: a SQLite file under TRACKIO_DIR, default "
+            "HF_HOME/trackio; `trackio show` opens it), all (wandb and tensorboard) or none "
+            "(comma-separated)."
+        },
     )
     run_name: str | None = field(default=None, metadata={"help": "Name of the tracker run."})
     project_name: str = field(default="hfmini", metadata={"help": "W&B / tracker project."})
@@ -296,12 +302,15 @@ class TrainArguments:
             raise HfminiError(
                 f"mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}"
             )
-        known = {"wandb", "tensorboard", "all", "none"}
+        known = {"wandb", "tensorboard", "trackio", "all", "none"}
         for name in self.trackers_requested():
             if name not in known:
                 raise HfminiError(
                     f"unknown report_to {name!r}: use one of {', '.join(sorted(known))}"
                 )
+        # An optional extra: said before the data is prepared, not when the first step logs.
+        if "trackio" in self.trackers_requested() and importlib.util.find_spec("trackio") is None:
+            raise HfminiError("report_to trackio needs trackio: pip install 'hfmini[trackio]'")
         if self.hub_strategy not in ("end", "every_save"):
             raise HfminiError(f"hub_strategy must be end or every_save, got {self.hub_strategy!r}")
         if self.init_from_checkpoint is not None and not str(self.init_from_checkpoint).strip():

@@ -260,6 +260,41 @@ def write_model_card(output_dir: str | Path, *args, **kwargs) -> Path:
     return path
 
 
+def update_card_results(
+    output_dir: str | Path, rows: list[tuple[str, str, str, str, float]]
+) -> None:
+    """Add lm-eval results to the card's model-index, (task, dataset type, dataset name, metric,
+    value) each, replacing a result of the same task, dataset and metric; the rest of the card is
+    kept as it is. A folder without a card (not made by hfmini) is left without one."""
+    path = Path(output_dir) / MODEL_CARD_FILE
+    if not path.is_file():
+        return
+    card = ModelCard.load(path)
+    card.data.model_name = card.data.model_name or Path(output_dir).resolve().name
+    new = [
+        EvalResult(
+            task_type="text-generation",
+            task_name=f"lm-evaluation-harness {task}",
+            dataset_type=dataset_type,
+            dataset_name=dataset_name,
+            metric_type=metric,
+            metric_name=f"{metric} (lm-evaluation-harness, {task})",
+            metric_value=round(float(value), 4),
+        )
+        for task, dataset_type, dataset_name, metric, value in rows
+    ]
+
+    # The Hub groups a card's results by task type and dataset, and reads back one task name per
+    # group, so a result is known again by its dataset and metric name (which names the task).
+    def key(result):
+        return (result.dataset_type, result.dataset_name, result.metric_type, result.metric_name)
+
+    replaced = {key(result) for result in new}
+    kept = [result for result in card.data.eval_results or [] if key(result) not in replaced]
+    card.data.eval_results = kept + new
+    card.save(path)
+
+
 def warmup_text(warmup: float) -> str:
     """'200 warmup steps', or '5% of the run as warmup' (transformers' reading of a float < 1)."""
     if warmup >= 1:

@@ -1,8 +1,11 @@
-"""Where metrics go: always `output_dir/metrics.jsonl`, plus Accelerate's trackers (W&B, TensorBoard).
+"""Where metrics go: always `output_dir/metrics.jsonl`, plus Accelerate's trackers (W&B,
+TensorBoard, trackio).
 
 W&B needs no account here: without an API key or a login, the run is recorded offline under
-`output_dir/wandb/` and the log says how to `wandb sync` it later. The start-up lines that
-describe a run (model, data, batch) are written here too.
+`output_dir/wandb/` and the log says how to `wandb sync` it later. trackio is local-first: a SQLite
+file per project under TRACKIO_DIR (default HF_HOME/trackio), no server unless `trackio show`
+starts one (a Space only with TRACKIO_SPACE_ID set). The start-up lines that describe a run
+(model, data, batch) are written here too.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ logger = logging.getLogger("hfmini")
 
 
 def resolve_trackers(report_to: list[str]) -> list[str]:
-    """'all' → every installed tracker we support; 'none' → []."""
+    """'all' → the trackers hfmini installs (trackio, an optional extra, is named on its own);
+    'none' → []."""
     if "none" in report_to:
         return []
     if "all" in report_to:
@@ -151,10 +155,12 @@ class RunLogger:
 def start_trackers(accelerator, config) -> None:
     """Start Accelerate's trackers with the full resolved config, and say where metrics go."""
     args = config.train
-    # W&B files go under output_dir/wandb, next to the run they describe.
-    wandb_kwargs = {"dir": args.output_dir, **({"name": args.run_name} if args.run_name else {})}
+    named = {"name": args.run_name} if args.run_name else {}
+    # W&B files go under output_dir/wandb, next to the run they describe. trackio's go to its own
+    # folder, where its dashboard looks; embed=False: no dashboard server, even in a notebook.
+    init_kwargs = {"wandb": {"dir": args.output_dir, **named}, "trackio": {"embed": False, **named}}
     accelerator.init_trackers(
-        args.project_name, config=config.to_flat_dict(), init_kwargs={"wandb": wandb_kwargs}
+        args.project_name, config=config.to_flat_dict(), init_kwargs=init_kwargs
     )
     names = [tracker.name for tracker in accelerator.trackers]
     if "wandb" in names and os.environ.get("WANDB_MODE") == "offline":
