@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+pytest.importorskip("onnxscript", reason="onnxscript is not installed: pip install 'hfmini[onnx]'")
 from conftest import write_lines
 
 from hfmini.cli import main as cli_main
